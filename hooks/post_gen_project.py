@@ -1,0 +1,53 @@
+"""Shape the baked project to the answers: choose the scenario's profile, prune the rest.
+
+What belongs to which answer is data, in MANIFEST below; nothing else here decides.
+"""
+
+import shutil
+from pathlib import Path
+
+SLUG = "{{ cookiecutter.project_slug }}"
+ANSWERS = {
+    "scenario": "{{ cookiecutter.scenario }}",
+    "use_celery": "{{ cookiecutter.use_celery }}",
+    "database": "{{ cookiecutter.database }}",
+    "kubernetes": "{{ cookiecutter.kubernetes }}",
+}
+PACKAGE = Path("src") / SLUG
+
+# path (relative to the project) -> the answers under which it is kept
+MANIFEST: dict[Path, dict[str, set[str]]] = {
+    PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
+    Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
+}
+
+
+def keep(conditions: dict[str, set[str]]) -> bool:
+    return all(ANSWERS[option] in values for option, values in conditions.items())
+
+
+def prune() -> None:
+    for path, conditions in MANIFEST.items():
+        if not keep(conditions):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def choose_profile() -> None:
+    """The scenario's profile becomes the project's only profile."""
+    profiles = PACKAGE / "profiles"
+    (profiles / f"{ANSWERS['scenario']}.toml").rename(PACKAGE / "profile.toml")
+    shutil.rmtree(profiles)
+
+
+NEXT_STEPS = f"""
+{SLUG} is ready ({ANSWERS["scenario"]}).
+
+  cd {SLUG}
+  make run     # install, migrate and serve under Gunicorn on http://127.0.0.1:8000
+  make test    # its test suite; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL
+"""
+
+if __name__ == "__main__":
+    choose_profile()
+    prune()
+    print(NEXT_STEPS)

@@ -1,0 +1,61 @@
+"""Items in the database. Each function is one transaction: it commits fully or not at all."""
+
+from fastapi import HTTPException, status
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Item
+from .schemas import ItemIn
+
+
+class ItemNotFound(HTTPException):
+    def __init__(self, item_id: int) -> None:
+        super().__init__(status.HTTP_404_NOT_FOUND, f"item {item_id} does not exist")
+
+
+class NameTaken(HTTPException):
+    def __init__(self, name: str) -> None:
+        super().__init__(status.HTTP_409_CONFLICT, f"an item named {name!r} already exists")
+
+
+async def list_items(session: AsyncSession, limit: int, offset: int) -> tuple[list[Item], int]:
+    page = await session.scalars(select(Item).order_by(Item.id).limit(limit).offset(offset))
+    total = await session.scalar(select(func.count()).select_from(Item))
+    return list(page), total or 0
+
+
+async def get_item(session: AsyncSession, item_id: int) -> Item:
+    item = await session.get(Item, item_id)
+    if item is None:
+        raise ItemNotFound(item_id)
+    return item
+
+
+async def create_item(session: AsyncSession, data: ItemIn) -> Item:
+    item = Item(**data.model_dump())
+    session.add(item)
+    await _commit(session, data.name)
+    return item
+
+
+async def replace_item(session: AsyncSession, item_id: int, data: ItemIn) -> Item:
+    item = await get_item(session, item_id)
+    for field, value in data.model_dump().items():
+        setattr(item, field, value)
+    await _commit(session, data.name)
+    return item
+
+
+async def delete_item(session: AsyncSession, item_id: int) -> None:
+    await session.delete(await get_item(session, item_id))
+    await session.commit()
+
+
+async def _commit(session: AsyncSession, name: str) -> None:
+    # The unique index decides, so two concurrent requests cannot both take a name.
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise NameTaken(name) from None

@@ -1,0 +1,55 @@
+"""The application factory: `gunicorn.conf.py` serves `create_app()` in every worker."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from . import db, errors, health
+from .items.router import router as items_router
+from .settings import Settings, get_settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Created here, after Gunicorn forked this worker: connections never cross processes.
+    engine = db.create_engine(app.state.settings)
+    app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+    app.state.readiness_checks = {"database": partial(db.ping, engine)}
+    try:
+        yield
+    finally:
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    docs = settings.show_docs
+    app = FastAPI(
+        title={{ cookiecutter.project_name | jsonify }},
+        description={{ cookiecutter.description | jsonify }},
+        lifespan=lifespan,
+        exception_handlers={RequestValidationError: errors.validation_failed},
+        max_body_size=settings.max_body_size,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    if settings.allowed_hosts != ["*"]:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.include_router(health.router)
+    app.include_router(items_router)
+    return app

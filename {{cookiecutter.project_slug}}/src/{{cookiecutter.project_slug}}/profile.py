@@ -1,0 +1,38 @@
+"""The scenario profile: every process-model knob of this service, as data.
+
+`profile.toml` beside this module holds the values; `gunicorn.conf.py`, the app and the
+database layer all read them from `PROFILE`. Environment variables that operators expect
+(`WEB_CONCURRENCY`, `GUNICORN_CMD_ARGS`, ...) still override them at run time.
+"""
+
+import math
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, PositiveInt
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workers_per_cpu: PositiveInt
+    extra_workers: int
+    timeout: PositiveInt
+    graceful_timeout: PositiveInt
+    keepalive: PositiveInt
+    max_requests: int
+    max_requests_jitter: int
+    preload: bool
+    thread_pool_size: PositiveInt
+    db_pool_size: PositiveInt
+    db_max_overflow: int
+
+    def workers_for(self, cpus: int) -> int:
+        return max(1, math.ceil(self.workers_per_cpu * cpus) + self.extra_workers)
+
+    @classmethod
+    def load(cls, path: Path) -> "Profile":
+        return cls.model_validate(tomllib.loads(path.read_text()))
+
+
+PROFILE = Profile.load(Path(__file__).with_name("profile.toml"))

@@ -1,0 +1,77 @@
+"""Run-time settings, read once from the environment (and `.env` when present)."""
+
+from functools import lru_cache
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Good enough on a laptop, refused in production.
+DEVELOPMENT_SECRET = "development-only-secret-change-me"  # noqa: S105
+
+CommaSeparated = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+    secret_key: SecretStr = SecretStr(DEVELOPMENT_SECRET)
+
+    database_url: str = "sqlite+aiosqlite:///./var/app.db"
+    # PostgreSQL schema to work in (search_path); the server's default when unset.
+    database_schema: str | None = None
+    # Seconds /health/ready waits for each dependency before calling it unavailable.
+    readiness_timeout: float = Field(default=1.0, gt=0)
+
+    # None: on in development, off in production.
+    docs_enabled: bool | None = None
+    allowed_hosts: CommaSeparated = ["*"]
+    cors_origins: CommaSeparated = []
+    # Request bodies larger than this get a 413 before they are read.
+    max_body_size: int = Field(default=1024 * 1024, ge=0)
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with postgresql+asyncpg:// or sqlite+aiosqlite:// "
+                "(the service talks to its database asynchronously)"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _production_is_locked_down(self) -> Self:
+        if self.environment == "production" and (
+            self.secret_key.get_secret_value() == DEVELOPMENT_SECRET
+        ):
+            raise ValueError("SECRET_KEY must be set to a secret of your own in production")
+        return self
+
+    @property
+    def show_docs(self) -> bool:
+        if self.docs_enabled is None:
+            return self.environment == "development"
+        return self.docs_enabled
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings, or exit with one readable line saying what is wrong with them."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise SystemExit(f"invalid configuration: {problems}") from None

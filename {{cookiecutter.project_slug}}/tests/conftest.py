@@ -1,0 +1,88 @@
+"""Tests run against a database of their own.
+
+With DATABASE_URL set to PostgreSQL they work in a fresh schema that is dropped at the
+end, so they never touch the data of the database the URL names; otherwise they use a
+SQLite file in a temporary directory. Either way the schema is built by the migrations.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.project_slug }}.main import create_app
+from {{ cookiecutter.project_slug }}.settings import Settings
+
+PROJECT_ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """DATABASE_URL and DATABASE_SCHEMA of a migrated, empty test database."""
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith("postgresql"):
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_execute(url, f'CREATE SCHEMA "{schema}"'))
+        env = {"DATABASE_URL": url, "DATABASE_SCHEMA": schema}
+    else:
+        env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db')}/test.db"}
+    migrate(env, "upgrade", "head")
+    yield env
+    if "DATABASE_SCHEMA" in env:
+        asyncio.run(_execute(url, f'DROP SCHEMA "{env["DATABASE_SCHEMA"]}" CASCADE'))
+
+
+def migrate(database: dict[str, str], *args: str) -> None:
+    """Run Alembic as `make migrate` does, against the test database."""
+    subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), **database},
+        check=True,
+        capture_output=True,
+    )
+
+
+async def _execute(url: str, statement: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(text(statement))
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(database: dict[str, str]) -> Settings:
+    return Settings(
+        database_url=database["DATABASE_URL"],
+        database_schema=database.get("DATABASE_SCHEMA"),
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+        async with app.state.sessions() as session:
+            await session.execute(text("DELETE FROM items"))
+            await session.commit()

@@ -1,0 +1,70 @@
+"""`python gunicorn.conf.py` shows what Gunicorn will do, and honours the usual overrides."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).parent.parent
+
+
+def resolved_config(**env: str) -> dict[str, object]:
+    printed = subprocess.run(
+        [sys.executable, "gunicorn.conf.py"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), **env},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    config: dict[str, object] = json.loads(printed)
+    return config
+
+
+def test_config_serves_the_app_with_uvicorn_workers() -> None:
+    config = resolved_config()
+
+    assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert config["wsgi_app"] == "{{ cookiecutter.project_slug }}.main:create_app()"
+    for key in ("workers", "bind", "timeout", "graceful_timeout", "keepalive", "max_requests"):
+        assert key in config
+    assert config["control_socket"] is None
+
+
+def test_web_concurrency_sets_the_worker_count() -> None:
+    config = resolved_config(WEB_CONCURRENCY="3")
+
+    assert config["workers"] == 3
+    assert config["workers_from"] == "WEB_CONCURRENCY"
+
+
+@pytest.mark.parametrize(
+    ("env", "bind"),
+    [
+        ({"PORT": "9123"}, ["127.0.0.1:9123"]),
+        ({"BIND": "unix:/run/app.sock"}, ["unix:/run/app.sock"]),
+        ({"PORT": "9123", "ENVIRONMENT": "production", "SECRET_KEY": "s3cret"}, ["0.0.0.0:9123"]),
+    ],
+)
+def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> None:
+    assert resolved_config(**env)["bind"] == bind
+
+
+def test_bad_configuration_exits_with_one_readable_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "gunicorn.conf.py"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), "ENVIRONMENT": "production"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: settings: SECRET_KEY must be set to a secret of your own "
+        "in production"
+    ]
