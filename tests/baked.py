@@ -1,0 +1,136 @@
+"""A baked project, and a real Gunicorn serving it."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+TEMPLATE = Path(__file__).parent.parent
+BAKED_VENV = TEMPLATE / ".cache" / "baked-venv"
+
+
+@dataclass
+class Project:
+    path: Path
+    scenario: str
+    venv: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the project's own commands see, with nothing inherited that
+        would point them at another database."""
+        inherited = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PORT")}
+        return {
+            **inherited,
+            "VIRTUAL_ENV": str(self.venv),
+            "PATH": f"{self.venv / 'bin'}:{os.environ['PATH']}",
+            # Several bakes share one slug and one environment: import this bake's code.
+            "PYTHONPATH": str(self.path / "src"),
+        }
+
+    def run(self, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command,
+            cwd=self.path,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+
+    def make(self, target: str, **env: str) -> subprocess.CompletedProcess[str]:
+        result = self.run("make", target, f"VENV={self.venv}", **env)
+        assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def database(self, postgres_url: str | None) -> dict[str, str]:
+        """Settings for a fresh, migrated database: a new PostgreSQL schema or SQLite file."""
+        if postgres_url:
+            schema = f"baked_{uuid.uuid4().hex[:12]}"
+            self.python(
+                "import asyncio, asyncpg, sys\n"
+                "async def main():\n"
+                "    connection = await asyncpg.connect(sys.argv[1])\n"
+                f"    await connection.execute('CREATE SCHEMA {schema}')\n"
+                "    await connection.close()\n"
+                "asyncio.run(main())\n",
+                postgres_url.replace("+asyncpg", ""),
+            )
+            database = {"DATABASE_URL": postgres_url, "DATABASE_SCHEMA": schema}
+        else:
+            database = {"DATABASE_URL": f"sqlite+aiosqlite:///{self.path}/var/{uuid.uuid4().hex}.db"}
+        self.make("migrate", **database)
+        return database
+
+    def python(self, code: str, *args: str) -> str:
+        result = self.run(str(self.venv / "bin" / "python"), "-c", code, *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    @contextmanager
+    def serve(self, workers: int = 2, **env: str) -> Iterator["Server"]:
+        """Gunicorn with real workers on a free loopback port, stopped on exit."""
+        port = free_port()
+        log = self.path / "var" / f"gunicorn-{port}.log"
+        log.parent.mkdir(exist_ok=True)
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [str(self.venv / "bin" / "gunicorn"), "--config", "gunicorn.conf.py"],
+                cwd=self.path,
+                env={**self.env, "PORT": str(port), "WEB_CONCURRENCY": str(workers), **env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        server = Server(f"http://127.0.0.1:{port}", process, log)
+        try:
+            server.wait_until_serving()
+            yield server
+        finally:
+            server.stop()
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def wait_until_serving(self, within: float = 60) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Gunicorn exited:\n{self.log()}")
+            try:
+                httpx.get(f"{self.url}/health/live", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"Gunicorn did not answer within {within} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

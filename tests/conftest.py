@@ -1,0 +1,78 @@
+"""Fixtures for the template's tests: bakes, one shared virtual environment, real services.
+
+Every baked project installs into one virtual environment (.cache/baked-venv), so a bake
+costs seconds, not a fresh install. With REQUIRE_SERVICES=1 (CI) a real service that
+cannot be reached fails the tests that need it instead of skipping them.
+"""
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .baked import BAKED_VENV, TEMPLATE, Project
+
+DEFAULTS = {"database": "postgresql", "kubernetes": "no", "use_celery": "no"}
+SCENARIOS = ("public_api", "microservice")
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+def supported_combinations() -> list[dict[str, str]]:
+    """Every combination of answers the template supports so far."""
+    return [
+        {**DEFAULTS, "scenario": scenario, "python_version": version}
+        for scenario in SCENARIOS
+        for version in PYTHON_VERSIONS
+    ]
+
+
+def require(service: str, host: str, port: int) -> None:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as error:
+        message = f"{service} at {host}:{port} is unreachable: {error}"
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    require("PostgreSQL", "127.0.0.1", 5432)
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def baked_venv() -> Path:
+    if not (BAKED_VENV / "bin" / "python").exists():
+        subprocess.run(["uv", "venv", "--quiet", "--python", "3.11", str(BAKED_VENV)], check=True)
+    return BAKED_VENV
+
+
+@pytest.fixture(scope="session")
+def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
+    """The shared environment, with the generated services' dependencies installed."""
+    result = cookies_session.bake(template=str(TEMPLATE), extra_context=DEFAULTS)  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.exception
+    Project(Path(result.project_path), DEFAULTS.get("scenario", ""), baked_venv).make("install")
+    return baked_venv
+
+
+@pytest.fixture(scope="session", params=SCENARIOS)
+def project(
+    request: pytest.FixtureRequest, cookies_session: object, baked_venv: Path
+) -> Iterator[Project]:
+    """A project baked with the scenario's defaults and installed with its own `make install`."""
+    result = cookies_session.bake(  # type: ignore[attr-defined]
+        template=str(TEMPLATE), extra_context={**DEFAULTS, "scenario": request.param}
+    )
+    assert result.exit_code == 0, result.exception
+    baked = Project(Path(result.project_path), scenario=request.param, venv=baked_venv)
+    baked.make("install")
+    yield baked

@@ -1,0 +1,44 @@
+"""Every supported combination bakes into a project that is fully rendered and lint-clean."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from .baked import TEMPLATE, Project
+from .conftest import supported_combinations
+
+UNRENDERED = re.compile(r"{{|{%|cookiecutter\.")
+
+
+@pytest.fixture(params=supported_combinations(), ids=lambda answers: "-".join(answers.values()))
+def baked(request: pytest.FixtureRequest, cookies: object, baked_venv: Path) -> Project:
+    result = cookies.bake(template=str(TEMPLATE), extra_context=request.param)  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.exception
+    return Project(Path(result.project_path), request.param["scenario"], baked_venv)
+
+
+def test_no_file_keeps_template_syntax(baked: Project) -> None:
+    leftovers = [
+        f"{path.relative_to(baked.path)}:{number}: {line.strip()}"
+        for path in baked.path.rglob("*")
+        if path.is_file()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if UNRENDERED.search(line)
+    ]
+
+    assert leftovers == []
+
+
+def test_only_the_chosen_profile_is_left(baked: Project) -> None:
+    package = baked.path / "src" / "my_service"
+
+    assert (package / "profile.toml").is_file()
+    assert not (package / "profiles").exists()
+
+
+@pytest.mark.usefixtures("installed_venv")
+def test_ruff_and_mypy_strict_pass(baked: Project) -> None:
+    for command in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):
+        result = baked.run(*command)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"

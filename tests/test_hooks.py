@@ -1,0 +1,68 @@
+"""The pre-generation hook refuses bad answers with one clear sentence, writing nothing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .baked import TEMPLATE
+
+
+def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cookiecutter", str(TEMPLATE), "--no-input", "-o", str(output)]
+        + list(answers),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    [
+        (["project_slug=my-service"], "project_slug 'my-service' is not a Python identifier"),
+        (["project_slug=2fast"], "project_slug '2fast' is not a Python identifier"),
+        (["project_slug=class"], "project_slug 'class' is a Python keyword"),
+        (["project_slug=json"], "project_slug 'json' shadows the standard-library module"),
+        (["use_celery=maybe"], "use_celery 'maybe' is not an answer: say yes or no"),
+        (["use_celery=yes"], "use_celery=yes is not supported yet"),
+        (["kubernetes=yes"], "kubernetes=yes is not supported yet"),
+        (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
+    ],
+)
+def test_bad_answer_is_refused_with_its_message_and_nothing_written(
+    tmp_path: Path, answers: list[str], message: str
+) -> None:
+    result = bake(tmp_path, *answers)
+
+    assert result.returncode != 0
+    assert f"ERROR: {message}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    [
+        (["scenario=graphql"], "graphql provided for choice variable scenario"),
+        (["scenario=batch", "use_celery=no"], "batch provided for choice variable scenario"),
+        (["python_version=3.9"], "3.9 provided for choice variable python_version"),
+    ],
+)
+def test_answer_outside_a_choice_is_refused_by_cookiecutter(
+    tmp_path: Path, answers: list[str], message: str
+) -> None:
+    result = bake(tmp_path, *answers)
+
+    assert result.returncode != 0
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_good_answers_bake_and_print_the_next_steps(tmp_path: Path) -> None:
+    result = bake(tmp_path, "project_name=Order Service")
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "order_service" / "gunicorn.conf.py").is_file()
+    assert "make run" in result.stdout

@@ -1,0 +1,98 @@
+"""Each baked project serves under Gunicorn with real workers, on embedded defaults and on
+PostgreSQL, and its readiness follows the database."""
+
+import re
+import time
+from collections import defaultdict
+
+import httpx
+import pytest
+
+from .baked import Project, Server
+from .tcp_proxy import TcpProxy
+
+ACCESS_LINE = re.compile(r"\[(\d+)\] \[INFO\] [\d.:]+ - \"(\w+) (\S+) HTTP/1.1\" (\d+)")
+
+
+def pids_per_path(server: Server) -> dict[str, set[int]]:
+    """Which worker processes answered each path with a success, from the access log."""
+    answered: dict[str, set[int]] = defaultdict(set)
+    for pid, _method, path, status in ACCESS_LINE.findall(server.log()):
+        if status.startswith("2"):
+            answered[path].add(int(pid))
+    return answered
+
+
+def until_every_worker_answered(server: Server, paths: list[str], workers: int) -> None:
+    """New connections, a few at a time, until each path was served by every worker."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for path in paths:
+            with httpx.Client(base_url=server.url) as client:
+                assert client.get(path).status_code == 200
+        time.sleep(0.01)
+        answered = pids_per_path(server)
+        if all(len(answered[path]) >= workers for path in paths):
+            return
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_workers_both_serve_ready_and_items(
+    project: Project, database: str, request: pytest.FixtureRequest
+) -> None:
+    postgres_url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
+    settings = project.database(postgres_url)
+
+    with project.serve(workers=2, **settings) as server:
+        created = httpx.post(f"{server.url}/items", json={"name": "first", "price_cents": 1})
+        until_every_worker_answered(server, ["/health/ready", "/items"], workers=2)
+        answered = pids_per_path(server)
+
+    assert created.status_code == 201
+    assert len(answered["/health/ready"]) == 2, server.log()
+    assert len(answered["/items"]) == 2, server.log()
+
+
+def test_readiness_fails_fast_naming_the_database_and_recovers(
+    project: Project, postgres_url: str
+) -> None:
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    proxy.start()
+    settings = project.database(postgres_url)
+    settings["DATABASE_URL"] = postgres_url.replace(":5432/", f":{proxy.port}/")
+
+    with project.serve(workers=2, **settings) as server, httpx.Client(base_url=server.url) as client:
+        before = client.get("/health/ready")
+        proxy.cut()
+        started = time.monotonic()
+        during = client.get("/health/ready")
+        waited = time.monotonic() - started
+        live = client.get("/health/live")
+        proxy.start()
+        after = recovered(client)
+
+    assert before.status_code == 200
+    assert during.status_code == 503
+    assert list(during.json()["failed"]) == ["database"]
+    assert waited < 3, f"readiness took {waited:.1f} s with the database gone"
+    assert live.status_code == 200
+    assert after.status_code == 200
+
+
+def recovered(client: httpx.Client, within: float = 15) -> httpx.Response:
+    deadline = time.monotonic() + within
+    while (response := client.get("/health/ready")).status_code != 200:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return response
+
+
+def test_production_refuses_the_default_secret_under_gunicorn(project: Project) -> None:
+    result = project.run("gunicorn", "--config", "gunicorn.conf.py", ENVIRONMENT="production")
+
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "invalid configuration: settings: SECRET_KEY must be set to a secret of your own "
+        "in production"
+    )
