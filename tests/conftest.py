@@ -18,6 +18,8 @@ from .baked import BAKED_VENV, TEMPLATE, Project
 DEFAULTS = {"database": "postgresql", "kubernetes": "no", "use_celery": "no"}
 SCENARIOS = ("public_api", "microservice")
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+# Lines the run prints at its end: figures a reader of CI's log wants to see.
+SUMMARY: list[str] = []
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
@@ -30,6 +32,11 @@ def supported_combinations() -> list[dict[str, str]]:
         for scenario in SCENARIOS
         for version in PYTHON_VERSIONS
     ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
 
 
 def require(service: str, host: str, port: int) -> None:

@@ -42,6 +42,13 @@ async def test_page_bounds_are_enforced(client: httpx.AsyncClient, params: dict[
     assert response.json()["detail"][0]["loc"] == ["query", next(iter(params))]
 
 
+async def test_a_whole_number_written_as_a_float_is_an_integer(client: httpx.AsyncClient) -> None:
+    created = await client.post("/items", json={"name": "float", "price_cents": 207.0})
+
+    assert created.status_code == 201
+    assert created.json()["price_cents"] == 207
+
+
 async def test_replace_changes_every_field(client: httpx.AsyncClient) -> None:
     item_id = (await client.post("/items", json=WIDGET)).json()["id"]
 
@@ -108,6 +115,9 @@ async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
         ({"name": "nul\x00byte", "price_cents": 1}, "name"),
         ({"name": "negative", "price_cents": -1}, "price_cents"),
         ({"name": "huge", "price_cents": 2**40}, "price_cents"),
+        ({"name": "boolean", "price_cents": True}, "price_cents"),
+        ({"name": "text", "price_cents": "12"}, "price_cents"),
+        ({"name": "fraction", "price_cents": 1.5}, "price_cents"),
         ({"name": "extra", "price_cents": 1, "colour": "red"}, "colour"),
     ],
 )

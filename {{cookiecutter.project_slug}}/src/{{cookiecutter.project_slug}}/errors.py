@@ -26,7 +26,11 @@ TOO_LARGE = {
 
 
 def documented(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route that may answer with these error codes."""
+    """`responses=` for a route that may answer with these error codes.
+
+    A route that reads a body may answer 400 (a body that is not UTF-8 text, say FastAPI's
+    own words) and 413 (a body over the limit).
+    """
     return {code: TOO_LARGE if code == 413 else {"model": Problem} for code in status_codes}
 
 

@@ -27,7 +27,7 @@ async def list_items(
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(409, 413))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 409, 413))
 async def create_item(session: SessionDep, data: ItemIn) -> ItemOut:
     return ItemOut.model_validate(await service.create_item(session, data))
 
@@ -37,7 +37,7 @@ async def get_item(session: SessionDep, item_id: ItemId) -> ItemOut:
     return ItemOut.model_validate(await service.get_item(session, item_id))
 
 
-@router.put("/{item_id}", responses=documented(404, 409, 413))
+@router.put("/{item_id}", responses=documented(400, 404, 409, 413))
 async def replace_item(session: SessionDep, item_id: ItemId, data: ItemIn) -> ItemOut:
     return ItemOut.model_validate(await service.replace_item(session, item_id, data))
 
