@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""The template's two commands. Needs nothing but Python 3.11+ and its pip.
+
+python3 dev.py serve   bake the default scenario into .scratch/ and serve it under
+                       Gunicorn on embedded defaults (SQLite; no other service needed)
+python3 dev.py test    run the template's whole test suite; arguments go to pytest
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+TOOLS = ROOT / ".venv"
+SCRATCH = ROOT / ".scratch"
+
+
+def run(*command: str | Path, cwd: Path = ROOT) -> None:
+    subprocess.run([str(part) for part in command], cwd=cwd, check=True)
+
+
+def tools() -> Path:
+    """The template's own environment, with uv and the test tools installed."""
+    if not (TOOLS / "bin" / "python").exists():
+        venv.create(TOOLS, with_pip=True)
+    uv = TOOLS / "bin" / "uv"
+    if not uv.exists():
+        run(TOOLS / "bin" / "python", "-m", "pip", "install", "--quiet", "uv")
+    run(uv, "pip", "install", "--quiet", "--python", TOOLS / "bin" / "python", "--group", "dev")
+    return TOOLS / "bin"
+
+
+def serve() -> None:
+    bin_dir = tools()
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+    run(bin_dir / "cookiecutter", ROOT, "--no-input", "--output-dir", SCRATCH)
+    (project,) = (path for path in SCRATCH.iterdir() if path.is_dir())
+    project_venv = project / ".venv"
+    run(bin_dir / "uv", "venv", "--quiet", "--python", sys.executable, project_venv)
+    run(
+        bin_dir / "uv",
+        "pip",
+        "install",
+        "--quiet",
+        "--python",
+        project_venv / "bin" / "python",
+        "-e",
+        project,
+    )
+    run(project_venv / "bin" / "alembic", "upgrade", "head", cwd=project)
+    os.chdir(project)
+    gunicorn = str(project_venv / "bin" / "gunicorn")
+    os.execv(gunicorn, [gunicorn, "--config", "gunicorn.conf.py"])
+
+
+def test(pytest_args: list[str]) -> None:
+    bin_dir = tools()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    sys.exit(
+        subprocess.run(
+            [bin_dir / "python", "-m", "pytest", *pytest_args], cwd=ROOT, env=env
+        ).returncode
+    )
+
+
+if __name__ == "__main__":
+    match sys.argv[1:]:
+        case ["serve"]:
+            serve()
+        case ["test", *pytest_args]:
+            test(pytest_args)
+        case _:
+            sys.exit(__doc__)
