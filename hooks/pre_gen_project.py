@@ -45,9 +45,7 @@ def problems(answers: dict[str, str]) -> list[str]:
         if answers[option] not in YES_NO:
             found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
     if answers["use_celery"] == "yes" and scenario != "batch":
-        found.append(
-            "use_celery=yes is not supported yet: Celery arrives with the batch scenario."
-        )
+        found.append("use_celery=yes is not supported yet: Celery arrives with the batch scenario.")
     if answers["database"] not in ("postgresql", "none"):
         found.append(f"database {answers['database']!r} is unknown: choose postgresql or none.")
     elif answers["database"] == "none" and scenario in SCENARIOS_WITH_ITEMS:

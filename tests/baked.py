@@ -67,7 +67,9 @@ class Project:
             )
             database = {"DATABASE_URL": postgres_url, "DATABASE_SCHEMA": schema}
         else:
-            database = {"DATABASE_URL": f"sqlite+aiosqlite:///{self.path}/var/{uuid.uuid4().hex}.db"}
+            database = {
+                "DATABASE_URL": f"sqlite+aiosqlite:///{self.path}/var/{uuid.uuid4().hex}.db"
+            }
         self.make("migrate", **database)
         return database
 

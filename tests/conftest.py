@@ -8,7 +8,6 @@ cannot be reached fails the tests that need it instead of skipping them.
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,9 +71,7 @@ def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
 
 
 @pytest.fixture(scope="session", params=SCENARIOS)
-def project(
-    request: pytest.FixtureRequest, cookies_session: object, baked_venv: Path
-) -> Iterator[Project]:
+def project(request: pytest.FixtureRequest, cookies_session: object, baked_venv: Path) -> Project:
     """A project baked with the scenario's defaults and installed with its own `make install`."""
     result = cookies_session.bake(  # type: ignore[attr-defined]
         template=str(TEMPLATE), extra_context={**DEFAULTS, "scenario": request.param}
@@ -82,4 +79,4 @@ def project(
     assert result.exit_code == 0, result.exception
     baked = Project(Path(result.project_path), scenario=request.param, venv=baked_venv)
     baked.make("install")
-    yield baked
+    return baked

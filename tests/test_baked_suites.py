@@ -17,7 +17,9 @@ def test_suite_passes_on_postgresql(project: Project, postgres_url: str) -> None
     assert " failed" not in result.stdout
 
 
-def test_migrations_run_down_and_up_again_on_postgresql(project: Project, postgres_url: str) -> None:
+def test_migrations_run_down_and_up_again_on_postgresql(
+    project: Project, postgres_url: str
+) -> None:
     database = project.database(postgres_url)
 
     for step in ("downgrade base", "upgrade head"):

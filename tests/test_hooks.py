@@ -11,8 +11,16 @@ from .baked import TEMPLATE
 
 def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cookiecutter", str(TEMPLATE), "--no-input", "-o", str(output)]
-        + list(answers),
+        [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            str(TEMPLATE),
+            "--no-input",
+            "-o",
+            str(output),
+            *answers,
+        ],
         capture_output=True,
         text=True,
         check=False,

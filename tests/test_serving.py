@@ -61,7 +61,10 @@ def test_readiness_fails_fast_naming_the_database_and_recovers(
     settings = project.database(postgres_url)
     settings["DATABASE_URL"] = postgres_url.replace(":5432/", f":{proxy.port}/")
 
-    with project.serve(workers=2, **settings) as server, httpx.Client(base_url=server.url) as client:
+    with (
+        project.serve(workers=2, **settings) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
         before = client.get("/health/ready")
         proxy.cut()
         started = time.monotonic()
