@@ -1,15 +1,17 @@
 """A baked project, and a real Gunicorn serving it."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -79,16 +81,27 @@ class Project:
         return result.stdout
 
     @contextmanager
-    def serve(self, workers: int = 2, **env: str) -> Iterator["Server"]:
-        """Gunicorn with real workers on a free loopback port, stopped on exit."""
+    def serve(self, workers: int = 2, app: str | None = None, **env: str) -> Iterator["Server"]:
+        """Gunicorn with real workers on a free loopback port, stopped on exit.
+
+        `app` replaces the project's app, e.g. "fault_app:app" from this folder.
+        """
         port = free_port()
         log = self.path / "var" / f"gunicorn-{port}.log"
         log.parent.mkdir(exist_ok=True)
         with log.open("w") as output:
             process = subprocess.Popen(
-                [str(self.venv / "bin" / "gunicorn"), "--config", "gunicorn.conf.py"],
+                [str(self.venv / "bin" / "gunicorn"), "--config", "gunicorn.conf.py"]
+                + ([app] if app else []),
                 cwd=self.path,
-                env={**self.env, "PORT": str(port), "WEB_CONCURRENCY": str(workers), **env},
+                env={
+                    **self.env,
+                    "PYTHONPATH": f"{self.path / 'src'}:{Path(__file__).parent}",
+                    "SERVICE_PACKAGE": self.path.name,
+                    "PORT": str(port),
+                    "WEB_CONCURRENCY": str(workers),
+                    **env,
+                },
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
@@ -120,6 +133,32 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def log_entries(self, logger: str = "access") -> list[dict[str, Any]]:
+        """The JSON log lines of one logger."""
+        entries = []
+        for line in self.log().splitlines():
+            if line.startswith("{") and (entry := json.loads(line)).get("logger") == logger:
+                entries.append(entry)
+        return entries
+
+    def workers(self) -> set[int]:
+        """Pids of the master's live worker processes."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return {int(pid) for pid in children.read_text().split()}
+        except OSError:
+            return set()
+
+    def wait_for_workers(self, ready: Callable[[set[int]], bool], within: float = 15) -> set[int]:
+        """Poll the worker pids until `ready(pids)`; the last pids seen either way."""
+        deadline = time.monotonic() + within
+        while not ready(pids := self.workers()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return pids
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
 
     def stop(self) -> None:
         if self.process.poll() is None:

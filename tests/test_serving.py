@@ -1,7 +1,6 @@
 """Each baked project serves under Gunicorn with real workers, on embedded defaults and on
 PostgreSQL, and its readiness follows the database."""
 
-import re
 import time
 from collections import defaultdict
 
@@ -11,15 +10,13 @@ import pytest
 from .baked import Project, Server
 from .tcp_proxy import TcpProxy
 
-ACCESS_LINE = re.compile(r"\[(\d+)\] \[INFO\] [\d.:]+ - \"(\w+) (\S+) HTTP/1.1\" (\d+)")
-
 
 def pids_per_path(server: Server) -> dict[str, set[int]]:
     """Which worker processes answered each path with a success, from the access log."""
     answered: dict[str, set[int]] = defaultdict(set)
-    for pid, _method, path, status in ACCESS_LINE.findall(server.log()):
-        if status.startswith("2"):
-            answered[path].add(int(pid))
+    for entry in server.log_entries("access"):
+        if 200 <= entry["status"] < 300:
+            answered[entry["path"]].add(entry["pid"])
     return answered
 
 

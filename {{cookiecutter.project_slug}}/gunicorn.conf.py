@@ -4,15 +4,22 @@ Run `python gunicorn.conf.py` to see what Gunicorn will do on this machine, as J
 Overrides, by the ecosystem's usual names:
   WEB_CONCURRENCY     number of workers (default: from the CPUs this process may use)
   BIND or PORT        listen address (127.0.0.1:8000 in development, 0.0.0.0:PORT otherwise)
-  WORKER_CLASS        uvicorn_worker.UvicornWorker (default) or Gunicorn's own "asgi"
+  WORKER_CLASS        the project's Uvicorn worker (default) or Gunicorn's own "asgi"
   FORWARDED_ALLOW_IPS proxies trusted for X-Forwarded-* headers (default: 127.0.0.1)
   GUNICORN_CMD_ARGS   any other Gunicorn flag; read by Gunicorn itself, after this file
 """
 
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
 
 from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
+from {{ cookiecutter.project_slug }}.logs import logging_config
 from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.settings import get_settings
 
@@ -20,15 +27,16 @@ settings = get_settings()  # exits with one readable line if the configuration i
 cpus = effective_cpu_count()
 
 wsgi_app = "{{ cookiecutter.project_slug }}.main:create_app()"
-worker_class = os.environ.get("WORKER_CLASS", "uvicorn_worker.UvicornWorker")
-if os.environ.get("WEB_CONCURRENCY"):
-    workers = int(os.environ["WEB_CONCURRENCY"])
+# Uvicorn's worker with draining keep-alive connections; "asgi" selects Gunicorn's own.
+worker_class = os.environ.get("WORKER_CLASS", "{{ cookiecutter.project_slug }}.worker.Worker")
+if settings.web_concurrency:
+    workers = settings.web_concurrency
     workers_source = "WEB_CONCURRENCY"
 else:
     workers = PROFILE.workers_for(cpus.count)
     workers_source = f"{PROFILE.workers_per_cpu} x CPUs + {PROFILE.extra_workers}"
 default_host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
-bind = [os.environ.get("BIND") or f"{default_host}:{os.environ.get('PORT', '8000')}"]
+bind = [settings.bind or f"{default_host}:{settings.port}"]
 
 timeout = PROFILE.timeout
 graceful_timeout = PROFILE.graceful_timeout
@@ -36,7 +44,7 @@ keepalive = PROFILE.keepalive
 max_requests = PROFILE.max_requests
 max_requests_jitter = PROFILE.max_requests_jitter
 preload_app = PROFILE.preload
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+forwarded_allow_ips = settings.forwarded_allow_ips
 # Heartbeat files on tmpfs: a worker blocked on a slow disk is not mistaken for a stuck one.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 
@@ -44,28 +52,40 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET") is None
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
 
-accesslog = "-"
+# JSON lines on stdout; the app writes the access log itself, with the request id.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
-# Gunicorn's access log format does not reach Uvicorn workers; the pid tells workers apart.
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"},
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "stream": "ext://sys.stdout",
-        },
-    },
-    "loggers": {
-        "gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False},
-        "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
-    },
-}
+logconfig_dict = logging_config(loglevel)
+
+# Metrics from every worker go to files in one directory, summed by /metrics. It must be
+# known before the workers import prometheus_client, and survive reloads: set it once.
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(
+        "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),  # noqa: S108
+        f"{{ cookiecutter.project_slug }}-metrics-{os.getpid()}",
+    ),
+)
+metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_starting(server: Arbiter) -> None:
+    """Start counting from zero: samples left by an earlier run would be summed in."""
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server: Arbiter, worker: Worker) -> None:
+    """A dead worker's gauges go; its counters stay, so totals never go backwards."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Arbiter) -> None:
+    shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def resolved() -> dict[str, object]:
@@ -86,6 +106,7 @@ def resolved() -> dict[str, object]:
         "forwarded_allow_ips": forwarded_allow_ips,
         "worker_tmp_dir": worker_tmp_dir,
         "control_socket": None if control_socket_disable else control_socket,
+        "metrics_dir": str(metrics_dir),
     }
 
 

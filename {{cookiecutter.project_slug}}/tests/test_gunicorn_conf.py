@@ -27,7 +27,7 @@ def resolved_config(**env: str) -> dict[str, object]:
 def test_config_serves_the_app_with_uvicorn_workers() -> None:
     config = resolved_config()
 
-    assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert config["worker_class"] == "{{ cookiecutter.project_slug }}.worker.Worker"
     assert config["wsgi_app"] == "{{ cookiecutter.project_slug }}.main:create_app()"
     for key in ("workers", "bind", "timeout", "graceful_timeout", "keepalive", "max_requests"):
         assert key in config
@@ -53,18 +53,34 @@ def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> Non
     assert resolved_config(**env)["bind"] == bind
 
 
-def test_bad_configuration_exits_with_one_readable_line() -> None:
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"ENVIRONMENT": "production"},
+            "invalid configuration: settings: SECRET_KEY must be set to a secret of your own "
+            "in production",
+        ),
+        (
+            {"WEB_CONCURRENCY": "lots"},
+            "invalid configuration: WEB_CONCURRENCY: Input should be a valid integer, "
+            "unable to parse string as an integer",
+        ),
+        (
+            {"PORT": "0"},
+            "invalid configuration: PORT: Input should be greater than or equal to 1",
+        ),
+    ],
+)
+def test_bad_configuration_exits_with_one_readable_line(env: dict[str, str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, "gunicorn.conf.py"],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), "ENVIRONMENT": "production"},
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), **env},
         capture_output=True,
         text=True,
         check=False,
     )
 
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "invalid configuration: settings: SECRET_KEY must be set to a secret of your own "
-        "in production"
-    ]
+    assert result.stderr.strip().splitlines() == [message]

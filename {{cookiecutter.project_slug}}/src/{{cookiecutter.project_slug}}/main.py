@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from . import db, errors, health
+from . import db, errors, health, metrics
 from .items.router import router as items_router
+from .middleware import RequestObserver
 from .settings import Settings, get_settings
 
 
@@ -50,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     if settings.allowed_hosts != ["*"]:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    # Outermost, so that every answer (a refused host included) is counted and logged.
+    app.add_middleware(RequestObserver)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(items_router)
     return app

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     # Request bodies larger than this get a 413 before they are read.
     max_body_size: int = Field(default=1024 * 1024, ge=0)
 
+    # Read by gunicorn.conf.py; validated here so a typo stops the start with one line.
+    web_concurrency: int | None = Field(default=None, ge=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    bind: str | None = None
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    @field_validator("web_concurrency", "bind", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("allowed_hosts", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -1,0 +1,88 @@
+"""A small, bounded HTTP/1.1 load generator on loopback, faithful to keep-alive.
+
+Like wrk, each connection sends its next request as soon as the last answer arrived, on the
+same connection, without checking first whether the server closed it: exactly the case
+that loses requests when a worker stops. It never retries.
+"""
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+HARD_LIMIT = 120  # seconds: the load stops by itself even if a test forgets to stop it
+
+
+@dataclass
+class LoadResult:
+    answered: Counter[int] = field(default_factory=Counter)  # status -> count
+    lost: int = 0  # sent, and the connection failed before the whole answer came back
+    refused: int = 0  # no connection could be opened
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> int:
+        return sum(n for status, n in self.answered.items() if status < 500)
+
+
+@contextmanager
+def constant_load(url: str, path: str, connections: int = 16) -> Iterator[LoadResult]:
+    """Keep `connections` keep-alive connections busy on `url + path` until the block ends."""
+    parts = urlsplit(url)
+    result = LoadResult()
+    stop = threading.Event()
+    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+
+    async def one_connection() -> None:
+        deadline = time.monotonic() + HARD_LIMIT
+        reader = writer = None
+        while not stop.is_set() and time.monotonic() < deadline:
+            if writer is None:
+                try:
+                    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+                except OSError as error:
+                    result.refused += 1
+                    result.errors[type(error).__name__] += 1
+                    await asyncio.sleep(0.05)
+                    continue
+            assert reader is not None
+            try:
+                writer.write(request)
+                status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout=30)
+                result.answered[status] += 1
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
+                result.lost += 1
+                result.errors[type(error).__name__] += 1
+                keep_alive = False
+            if not keep_alive:
+                writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(one_connection() for _ in range(connections)))
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split()[1])
+    headers = dict(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in header_lines if line)
+    )
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get("connection", "").lower() != "close"
