@@ -34,6 +34,7 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=2fast"], "project_slug '2fast' is not a Python identifier"),
         (["project_slug=class"], "project_slug 'class' is a Python keyword"),
         (["project_slug=json"], "project_slug 'json' shadows the standard-library module"),
+        (["project_slug=fastapi"], "project_slug 'fastapi' would hide the fastapi package"),
         (["use_celery=maybe"], "use_celery 'maybe' is not an answer: say yes or no"),
         (["use_celery=yes"], "use_celery=yes is not supported yet"),
         (["kubernetes=yes"], "kubernetes=yes is not supported yet"),

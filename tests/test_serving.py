@@ -93,6 +93,5 @@ def test_production_refuses_the_default_secret_under_gunicorn(project: Project) 
 
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        "invalid configuration: settings: SECRET_KEY must be set to a secret of your own "
-        "in production"
+        "invalid configuration: SECRET_KEY must be set to a secret of your own in production"
     )

@@ -27,8 +27,8 @@ settings = get_settings()  # exits with one readable line if the configuration i
 cpus = effective_cpu_count()
 
 wsgi_app = "{{ cookiecutter.project_slug }}.main:create_app()"
-# Uvicorn's worker with draining keep-alive connections; "asgi" selects Gunicorn's own.
-worker_class = os.environ.get("WORKER_CLASS", "{{ cookiecutter.project_slug }}.worker.Worker")
+# Uvicorn's worker, with keep-alive connections that drain on reload (worker.py).
+worker_class = settings.worker_class
 if settings.web_concurrency:
     workers = settings.web_concurrency
     workers_source = "WEB_CONCURRENCY"
@@ -55,7 +55,7 @@ control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
 # JSON lines on stdout; the app writes the access log itself, with the request id.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = settings.log_level
 logconfig_dict = logging_config(loglevel)
 
 # Metrics from every worker go to files in one directory, summed by /metrics. It must be

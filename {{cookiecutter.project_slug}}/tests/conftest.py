@@ -34,6 +34,8 @@ def anyio_backend() -> str:
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """DATABASE_URL and DATABASE_SCHEMA of a migrated, empty test database."""
     url = os.environ.get("DATABASE_URL", "")
+    if url and not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        pytest.exit("DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://", 2)
     if url.startswith("postgresql"):
         schema = f"test_{uuid.uuid4().hex[:12]}"
         asyncio.run(_execute(url, f'CREATE SCHEMA "{schema}"'))
@@ -66,7 +68,13 @@ async def _execute(url: str, statement: str) -> None:
 
 @pytest.fixture
 def settings(database: dict[str, str]) -> Settings:
+    # Everything a test relies on is set here, whatever the caller's environment says.
     return Settings(
+        _env_file=None,
+        environment="development",
+        docs_enabled=None,
+        allowed_hosts=["*"],
+        cors_origins=[],
         database_url=database["DATABASE_URL"],
         database_schema=database.get("DATABASE_SCHEMA"),
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
 
+from .test_gunicorn_conf import clean_env
+
 PROJECT_ROOT = Path(__file__).parent.parent
 HOST_CPUS = len(os.sched_getaffinity(0))
 V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
@@ -108,11 +110,7 @@ def test_taskset_limits_the_worker_count() -> None:
     printed = subprocess.run(
         [taskset, "-c", "0", sys.executable, "gunicorn.conf.py"],
         cwd=PROJECT_ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(PROJECT_ROOT / "src"),
-            "WEB_CONCURRENCY": "",
-        },
+        env=clean_env(),
         capture_output=True,
         text=True,
         check=True,

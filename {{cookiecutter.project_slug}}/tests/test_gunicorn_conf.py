@@ -8,14 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.project_slug }}.settings import Settings
+
 PROJECT_ROOT = Path(__file__).parent.parent
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    """The caller's environment without any of the service's settings, plus `env`."""
+    ours = {name.upper() for name in Settings.model_fields}
+    inherited = {k: v for k, v in os.environ.items() if k not in ours}
+    return {**inherited, "PYTHONPATH": str(PROJECT_ROOT / "src"), **env}
 
 
 def resolved_config(**env: str) -> dict[str, object]:
     printed = subprocess.run(
         [sys.executable, "gunicorn.conf.py"],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), **env},
+        env=clean_env(**env),
         check=True,
         capture_output=True,
         text=True,
@@ -58,13 +67,17 @@ def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> Non
     [
         (
             {"ENVIRONMENT": "production"},
-            "invalid configuration: settings: SECRET_KEY must be set to a secret of your own "
-            "in production",
+            "invalid configuration: SECRET_KEY must be set to a secret of your own in production",
         ),
         (
             {"WEB_CONCURRENCY": "lots"},
             "invalid configuration: WEB_CONCURRENCY: Input should be a valid integer, "
             "unable to parse string as an integer",
+        ),
+        (
+            {"LOG_LEVEL": "verbose"},
+            "invalid configuration: LOG_LEVEL: Input should be 'debug', 'info', 'warning', "
+            "'error' or 'critical'",
         ),
         (
             {"PORT": "0"},
@@ -76,7 +89,7 @@ def test_bad_configuration_exits_with_one_readable_line(env: dict[str, str], mes
     result = subprocess.run(
         [sys.executable, "gunicorn.conf.py"],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), **env},
+        env=clean_env(**env),
         capture_output=True,
         text=True,
         check=False,

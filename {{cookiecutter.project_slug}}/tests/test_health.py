@@ -28,10 +28,11 @@ async def test_ready_answers_200_when_the_database_answers(client: httpx.AsyncCl
 
 
 async def test_unreachable_database_makes_ready_503_naming_it_but_live_stays_200(
-    tmp_path: Path,
+    settings: Settings, tmp_path: Path
 ) -> None:
     # A directory where the database file should be: every connection attempt fails.
-    app: FastAPI = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}"))
+    unreachable = {"database_url": f"sqlite+aiosqlite:///{tmp_path}", "database_schema": None}
+    app: FastAPI = create_app(settings.model_copy(update=unreachable))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

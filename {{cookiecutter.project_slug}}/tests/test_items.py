@@ -4,6 +4,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from {{ cookiecutter.project_slug }}.items import service
+from {{ cookiecutter.project_slug }}.items.models import Item
+from {{ cookiecutter.project_slug }}.items.schemas import ItemIn
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 
@@ -156,3 +159,17 @@ async def test_body_over_the_limit_is_413(settings: Settings) -> None:
 
     assert response.status_code == 413
     assert "Too Large" in response.text
+
+
+async def test_replacing_an_item_deleted_meanwhile_is_404(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    item_id = (await client.post("/items", json=WIDGET)).json()["id"]
+    async with app.state.sessions() as slow, app.state.sessions() as fast:
+        await slow.get(Item, item_id)  # the slow request has read the item...
+        await service.delete_item(fast, item_id)  # ...when a faster one deletes it
+
+        with pytest.raises(service.ItemNotFound):
+            await service.replace_item(slow, item_id, ItemIn(name="late", price_cents=1))
+
+    assert (await client.get(f"/items/{item_id}")).status_code == 404

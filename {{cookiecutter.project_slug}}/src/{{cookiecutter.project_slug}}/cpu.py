@@ -24,7 +24,10 @@ def effective_cpu_count(proc_self: Path = Path("/proc/self"), root: Path = Path(
 
     ``proc_self`` and ``root`` exist so tests can point the lookup at a synthetic tree.
     """
-    limits = [CpuCount(len(os.sched_getaffinity(0)), "affinity")]
+    if hasattr(os, "sched_getaffinity"):
+        limits = [CpuCount(len(os.sched_getaffinity(0)), "affinity")]
+    else:  # macOS: no affinity masks, no cgroups
+        limits = [CpuCount(os.cpu_count() or 1, "os.cpu_count")]
     limits += _quota_limits(proc_self, root)
     return min(limits, key=lambda limit: limit.count)
 

@@ -8,11 +8,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import db, errors, health, metrics
 from .items.router import router as items_router
-from .middleware import RequestObserver
+from .middleware import RequestObserver, TrustedHosts
 from .settings import Settings, get_settings
 
 
@@ -50,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     if settings.allowed_hosts != ["*"]:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+        app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
     # Outermost, so that every answer (a refused host included) is counted and logged.
     app.add_middleware(RequestObserver)
     app.include_router(health.router)

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
 
     # None: on in development, off in production.
     docs_enabled: bool | None = None
-    allowed_hosts: CommaSeparated = ["*"]
+    allowed_hosts: CommaSeparated = Field(default=["*"], min_length=1)
     cors_origins: CommaSeparated = []
     # Request bodies larger than this get a 413 before they are read.
     max_body_size: int = Field(default=1024 * 1024, ge=0)
@@ -36,11 +36,19 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     bind: str | None = None
     forwarded_allow_ips: str = "127.0.0.1"
+    # The project's Uvicorn worker, or Gunicorn's own "asgi" worker.
+    worker_class: str = f"{__package__}.worker.Worker"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("web_concurrency", "bind", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("allowed_hosts", "cors_origins", mode="before")
     @classmethod
@@ -81,8 +89,9 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
+            ".".join(map(str, e["loc"])).upper()
+            + ": " * bool(e["loc"])
+            + e["msg"].removeprefix("Value error, ")
             for e in error.errors()
         )
         raise SystemExit(f"invalid configuration: {problems}") from None

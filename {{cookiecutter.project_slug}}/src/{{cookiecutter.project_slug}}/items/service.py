@@ -4,6 +4,7 @@ from fastapi import HTTPException, status
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from .models import Item
 from .schemas import ItemIn
@@ -43,19 +44,23 @@ async def replace_item(session: AsyncSession, item_id: int, data: ItemIn) -> Ite
     item = await get_item(session, item_id)
     for field, value in data.model_dump().items():
         setattr(item, field, value)
-    await _commit(session, data.name)
+    await _commit(session, data.name, item_id)
     return item
 
 
 async def delete_item(session: AsyncSession, item_id: int) -> None:
     await session.delete(await get_item(session, item_id))
-    await session.commit()
+    await _commit(session, None, item_id)
 
 
-async def _commit(session: AsyncSession, name: str) -> None:
-    # The unique index decides, so two concurrent requests cannot both take a name.
+async def _commit(session: AsyncSession, name: str | None, item_id: int | None = None) -> None:
+    # The database decides: the unique index, so two concurrent requests cannot both take
+    # a name; the row count, so an item deleted by a concurrent request is reported gone.
     try:
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        raise NameTaken(name) from None
+        raise NameTaken(name or "") from None
+    except StaleDataError:
+        await session.rollback()
+        raise ItemNotFound(item_id or 0) from None
