@@ -166,10 +166,11 @@ async def test_replacing_an_item_deleted_meanwhile_is_404(
 ) -> None:
     item_id = (await client.post("/items", json=WIDGET)).json()["id"]
     async with app.state.sessions() as slow, app.state.sessions() as fast:
-        await slow.get(Item, item_id)  # the slow request has read the item...
+        read = await slow.get(Item, item_id)  # the slow request has read the item...
         await service.delete_item(fast, item_id)  # ...when a faster one deletes it
 
         with pytest.raises(service.ItemNotFound):
             await service.replace_item(slow, item_id, ItemIn(name="late", price_cents=1))
+        assert read is not None
 
     assert (await client.get(f"/items/{item_id}")).status_code == 404
