@@ -35,6 +35,13 @@ if settings.web_concurrency:
 else:
     workers = PROFILE.workers_for(cpus.count)
     workers_source = f"{PROFILE.workers_per_cpu} x CPUs + {PROFILE.extra_workers}"
+# Each worker sizes its database pool from its share of the service's connections.
+if settings.db_max_connections < workers:
+    raise SystemExit(
+        f"invalid configuration: DB_MAX_CONNECTIONS ({settings.db_max_connections}) is below "
+        f"the number of workers ({workers}): each worker needs at least one connection"
+    )
+os.environ["SERVICE_WORKERS"] = str(workers)
 default_host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
 bind = [settings.bind or f"{default_host}:{settings.port}"]
 

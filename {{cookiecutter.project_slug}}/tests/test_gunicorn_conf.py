@@ -80,6 +80,11 @@ def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> Non
             "'error' or 'critical'",
         ),
         (
+            {"WEB_CONCURRENCY": "4", "DB_MAX_CONNECTIONS": "3"},
+            "invalid configuration: DB_MAX_CONNECTIONS (3) is below the number of workers (4): "
+            "each worker needs at least one connection",
+        ),
+        (
             {"PORT": "0"},
             "invalid configuration: PORT: Input should be greater than or equal to 1",
         ),

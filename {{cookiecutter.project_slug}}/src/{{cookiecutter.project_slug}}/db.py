@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from .profile import PROFILE
 from .settings import Settings
 
 
@@ -39,8 +38,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if settings.database_schema:
             server_settings["search_path"] = settings.database_schema
         options |= {
-            "pool_size": PROFILE.db_pool_size,
-            "max_overflow": PROFILE.db_max_overflow,
+            # The worker's share of DB_MAX_CONNECTIONS, and never more.
+            "pool_size": settings.connections_per_worker,
+            "max_overflow": 0,
             "pool_timeout": 5,
             "connect_args": {"timeout": 5, "server_settings": server_settings},
         }

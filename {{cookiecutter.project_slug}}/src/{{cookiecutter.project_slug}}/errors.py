@@ -7,6 +7,7 @@ from fastapi import Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy import exc as sa
 
 
 class Problem(BaseModel):
@@ -42,3 +43,18 @@ async def validation_failed(_request: Request, error: RequestValidationError) ->
     """
     body = json.dumps({"detail": jsonable_encoder(error.errors())}, ensure_ascii=True)
     return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
+
+# What a request meets when the database is down, restarting or out of connections.
+DATABASE_UNAVAILABLE = (OSError, sa.OperationalError, sa.InterfaceError, sa.TimeoutError)
+
+
+async def database_unavailable(_request: Request, _error: Exception) -> Response:
+    """503 with Retry-After, not a 500: the request was fine, the database was not there."""
+    body = Problem(detail="the database is unavailable; try again shortly").model_dump_json()
+    return Response(
+        body,
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"retry-after": "1"},
+        media_type="application/json",
+    )

@@ -9,15 +9,17 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.middleware.cors import CORSMiddleware
 
-from . import db, errors, health, metrics
+from . import blocking, db, errors, health, metrics
 from .items.router import router as items_router
 from .middleware import RequestObserver, TrustedHosts
+from .profile import PROFILE
 from .settings import Settings, get_settings
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Created here, after Gunicorn forked this worker: connections never cross processes.
+    blocking.limit_threads(PROFILE.thread_pool_size)
     engine = db.create_engine(app.state.settings)
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
     app.state.readiness_checks = {"database": partial(db.ping, engine)}
@@ -34,7 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title={{ cookiecutter.project_name | jsonify }},
         description={{ cookiecutter.description | jsonify }},
         lifespan=lifespan,
-        exception_handlers={RequestValidationError: errors.validation_failed},
+        exception_handlers={
+            RequestValidationError: errors.validation_failed,
+            **dict.fromkeys(errors.DATABASE_UNAVAILABLE, errors.database_unavailable),
+        },
         max_body_size=settings.max_body_size,
         docs_url="/docs" if docs else None,
         redoc_url=None,

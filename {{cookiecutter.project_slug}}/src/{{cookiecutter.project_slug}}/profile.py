@@ -24,8 +24,7 @@ class Profile(BaseModel):
     max_requests_jitter: int
     preload: bool
     thread_pool_size: PositiveInt
-    db_pool_size: PositiveInt
-    db_max_overflow: int
+    db_max_connections: PositiveInt
 
     def workers_for(self, cpus: int) -> int:
         return max(1, math.ceil(self.workers_per_cpu * cpus) + self.extra_workers)

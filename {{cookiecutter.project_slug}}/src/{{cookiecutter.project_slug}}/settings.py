@@ -6,6 +6,8 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .profile import PROFILE
+
 # Good enough on a laptop, refused in production.
 DEVELOPMENT_SECRET = "development-only-secret-change-me"  # noqa: S105
 
@@ -21,6 +23,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./var/app.db"
     # PostgreSQL schema to work in (search_path); the server's default when unset.
     database_schema: str | None = None
+    # Connections to the database for the whole service; each worker gets an equal share.
+    db_max_connections: int = Field(default=PROFILE.db_max_connections, ge=1)
+    # Set by gunicorn.conf.py for its workers, so each knows its share of the budget.
+    service_workers: int = Field(default=1, ge=1)
     # Seconds /health/ready waits for each dependency before calling it unavailable.
     readiness_timeout: float = Field(default=1.0, gt=0)
 
@@ -74,6 +80,10 @@ class Settings(BaseSettings):
         ):
             raise ValueError("SECRET_KEY must be set to a secret of your own in production")
         return self
+
+    @property
+    def connections_per_worker(self) -> int:
+        return self.db_max_connections // self.service_workers
 
     @property
     def show_docs(self) -> bool:

@@ -7,7 +7,7 @@ from ..errors import documented
 from . import service
 from .schemas import MAX_ID, MAX_PAGE_SIZE, ItemIn, ItemOut, ItemPage
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], responses=documented(503))
 
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 

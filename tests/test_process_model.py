@@ -1,0 +1,89 @@
+"""Across real Gunicorn workers: the database connection budget holds under load, and
+metrics count every request exactly once, whichever worker served it and whatever became
+of that worker."""
+
+import os
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+from .baked import Project
+from .load import constant_load
+
+pytestmark = pytest.mark.parametrize("project", ["public_api"], indirect=True)
+
+# Polls pg_stat_activity for the service's connections; prints the most it saw at once.
+COUNT_CONNECTIONS = """
+import asyncio, sys, time
+import asyncpg
+
+async def main(url, seconds):
+    watcher = await asyncpg.connect(url)
+    most = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        most = max(most, await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'my_service'"))
+        await asyncio.sleep(0.02)
+    await watcher.close()
+    print(most)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def test_workers_never_hold_more_connections_than_the_budget(
+    project: Project, postgres_url: str
+) -> None:
+    database = project.database(postgres_url)
+
+    with (
+        project.serve(workers=2, DB_MAX_CONNECTIONS="4", **database) as server,
+        constant_load(server.url, "/items?limit=5", connections=32) as load,
+    ):
+        time.sleep(0.5)
+        most = int(project.python(COUNT_CONNECTIONS, postgres_url.replace("+asyncpg", ""), "4"))
+
+    assert load.ok > 100, load
+    assert 2 <= most <= 4, f"{most} connections open at once for a budget of 4"
+
+
+def requests_counted(metrics: str, route: str) -> int:
+    """The sum of http_requests_total for one route, over every method and status."""
+    return sum(
+        int(float(value))
+        for counted_route, value in re.findall(
+            r'^http_requests_total\{[^}]*route="([^"]*)"[^}]*\} (\S+)$', metrics, re.MULTILINE
+        )
+        if counted_route == route
+    )
+
+
+def test_metrics_count_every_request_across_killed_and_recycled_workers(
+    project: Project,
+) -> None:
+    database = project.database(None)
+
+    with project.serve(
+        workers=2, GUNICORN_CMD_ARGS="--max-requests 400 --max-requests-jitter 1", **database
+    ) as server:
+        with constant_load(server.url, "/items", connections=8) as before_kill:
+            time.sleep(1)
+        victim = min(server.workers())
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_workers(lambda pids: len(pids) == 2 and victim not in pids)
+        with constant_load(server.url, "/items", connections=8) as after_kill:
+            pids_seen = server.workers()
+            deadline = time.monotonic() + 20
+            while len(pids_seen) < 4 and time.monotonic() < deadline:
+                pids_seen |= server.workers()
+                time.sleep(0.05)
+        metrics = httpx.get(f"{server.url}/metrics").text
+
+    sent = sum(before_kill.answered.values()) + sum(after_kill.answered.values())
+    assert (before_kill.lost, after_kill.lost) == (0, 0)
+    assert len(pids_seen) >= 4, "no worker was recycled by max_requests"
+    assert requests_counted(metrics, "/items") == sent
