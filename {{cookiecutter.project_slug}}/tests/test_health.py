@@ -1,7 +1,6 @@
 """Liveness answers while the process serves; readiness answers for the database."""
 
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,10 +27,10 @@ async def test_ready_answers_200_when_the_database_answers(client: httpx.AsyncCl
 
 
 async def test_unreachable_database_makes_ready_503_naming_it_but_live_stays_200(
-    settings: Settings, tmp_path: Path
+    settings: Settings,
 ) -> None:
-    # A directory where the database file should be: every connection attempt fails.
-    unreachable = {"database_url": f"sqlite+aiosqlite:///{tmp_path}", "database_schema": None}
+    # Nothing listens on port 1: every connection attempt is refused at once.
+    unreachable = {"database_url": "postgresql+asyncpg://app@127.0.0.1:1/app"}
     app: FastAPI = create_app(settings.model_copy(update=unreachable))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
