@@ -4,7 +4,11 @@
 
 Bakes the default scenario, serves /health/live and /items under Gunicorn with each
 worker count in turn, alternating rounds so each count sees the same machine noise, and
-prints requests per second and p99 latency from wrk. Loopback only; needs wrk.
+prints requests per second and p99 latency from wrk. Loopback only; needs wrk and taskset.
+
+The server is pinned to the last CPU and wrk to the others. Unpinned, the load generator
+and the workers share the CPUs by process count, so more workers simply win more CPU from
+wrk, and the comparison measures that fight instead of the worker count.
 """
 
 import os
@@ -25,6 +29,9 @@ VENV = TEMPLATE / ".cache" / "baked-venv"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+_ALL = sorted(os.sched_getaffinity(0))
+SERVER_CPU = str(_ALL[-1])
+LOAD_CPUS = ",".join(map(str, _ALL[:-1] or _ALL))
 
 
 def free_port() -> int:
@@ -51,7 +58,7 @@ def measure(project: Path, workers: int, path: str, wrk: str) -> tuple[float, fl
     """Requests per second and p99 latency in milliseconds."""
     port = free_port()
     server = subprocess.Popen(
-        [VENV / "bin" / "gunicorn", "--config", "gunicorn.conf.py"],
+        ["taskset", "-c", SERVER_CPU, VENV / "bin" / "gunicorn", "--config", "gunicorn.conf.py"],
         cwd=project,
         env={
             **os.environ,
@@ -74,7 +81,17 @@ def measure(project: Path, workers: int, path: str, wrk: str) -> tuple[float, fl
                     raise
                 time.sleep(0.1)
         output = subprocess.run(
-            [wrk, "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url],
+            [
+                "taskset",
+                "-c",
+                LOAD_CPUS,
+                wrk,
+                "-t2",
+                f"-c{CONNECTIONS}",
+                f"-d{SECONDS}s",
+                "--latency",
+                url,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -92,7 +109,7 @@ def main() -> None:
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("bench/workers.py needs wrk: apt-get install wrk")
-    cpus = len(os.sched_getaffinity(0))
+    cpus = 1  # the server's share: one pinned CPU
     counts = {"cpu": cpus, "cpu+1": cpus + 1, "2*cpu+1": 2 * cpus + 1}
     with tempfile.TemporaryDirectory() as scratch:
         project = bake(Path(scratch))
@@ -102,7 +119,7 @@ def main() -> None:
                 for name, workers in counts.items():
                     results[name].append(measure(project, workers, path, wrk))
             print(
-                f"\n{path}, {cpus} CPUs, {CONNECTIONS} connections, "
+                f"\n{path}, server pinned to {cpus} CPU, {CONNECTIONS} connections, "
                 f"median of {ROUNDS} x {SECONDS} s:"
             )
             base = statistics.median(rate for rate, _ in results["cpu"])
