@@ -20,16 +20,21 @@ def clean_env(**env: str) -> dict[str, str]:
     return {**inherited, "PYTHONPATH": str(PROJECT_ROOT / "src"), **env}
 
 
-def resolved_config(**env: str) -> dict[str, object]:
-    printed = subprocess.run(
+def run_config(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "gunicorn.conf.py"],
         cwd=PROJECT_ROOT,
         env=clean_env(**env),
-        check=True,
         capture_output=True,
         text=True,
-    ).stdout
-    config: dict[str, object] = json.loads(printed)
+        check=False,
+    )
+
+
+def resolved_config(**env: str) -> dict[str, object]:
+    result = run_config(**env)
+    assert result.returncode == 0, result.stderr
+    config: dict[str, object] = json.loads(result.stdout)
     return config
 
 
@@ -91,14 +96,7 @@ def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> Non
     ],
 )
 def test_bad_configuration_exits_with_one_readable_line(env: dict[str, str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "gunicorn.conf.py"],
-        cwd=PROJECT_ROOT,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_config(**env)
 
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [message]
