@@ -114,12 +114,7 @@ def test_worker_with_a_blocked_event_loop_is_replaced_while_others_serve(
 ) -> None:
     with project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS="--timeout 3") as server:
         before = server.workers()
-        blocker = threading.Thread(
-            target=lambda: httpx.get(
-                f"{server.url}/test/block", params={"seconds": 30}, timeout=40
-            ),
-            daemon=True,
-        )
+        blocker = threading.Thread(target=block_a_worker, args=(server.url,), daemon=True)
         with constant_load(server.url, "/health/live", CONNECTIONS) as load:
             time.sleep(0.5)
             blocker.start()

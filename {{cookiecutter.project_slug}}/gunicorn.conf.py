@@ -52,8 +52,7 @@ max_requests = PROFILE.max_requests
 max_requests_jitter = PROFILE.max_requests_jitter
 preload_app = PROFILE.preload
 forwarded_allow_ips = settings.forwarded_allow_ips
-# Heartbeat files on tmpfs: a worker blocked on a slow disk is not mistaken for a stuck one.
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+worker_tmp_dir = PROFILE.worker_tmp_dir if os.path.isdir(PROFILE.worker_tmp_dir) else None
 
 # No control socket unless asked: it is one more way in, and two instances would share its path.
 control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET") is None

@@ -23,6 +23,8 @@ class Profile(BaseModel):
     max_requests: int
     max_requests_jitter: int
     preload: bool
+    worker_tmp_dir: str
+    forwarded_allow_ips: str
     thread_pool_size: PositiveInt
     db_max_connections: PositiveInt
 

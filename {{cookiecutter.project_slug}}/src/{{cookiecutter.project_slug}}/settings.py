@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     web_concurrency: int | None = Field(default=None, ge=1)
     port: int = Field(default=8000, ge=1, le=65535)
     bind: str | None = None
-    forwarded_allow_ips: str = "127.0.0.1"
+    forwarded_allow_ips: str = PROFILE.forwarded_allow_ips
     # The project's Uvicorn worker, or Gunicorn's own "asgi" worker.
     worker_class: str = f"{__package__}.worker.Worker"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
