@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -87,3 +88,22 @@ def test_metrics_count_every_request_across_killed_and_recycled_workers(
     assert (before_kill.lost, after_kill.lost) == (0, 0)
     assert len(pids_seen) >= 4, "no worker was recycled by max_requests"
     assert requests_counted(metrics, "/items") == sent
+
+
+def test_master_wipes_metrics_left_by_an_earlier_run(project: Project, tmp_path: Path) -> None:
+    # Samples an earlier run left behind, as a crashed master would leave them.
+    stale = project.run(
+        "python",
+        "-c",
+        "from my_service.metrics import REQUESTS; REQUESTS.labels('GET', '/items', 200).inc(5)",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
+    assert stale.returncode == 0, stale.stderr
+    assert list(tmp_path.glob("counter_*.db"))
+    database = project.database(None)
+
+    with project.serve(workers=1, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), **database) as server:
+        httpx.get(f"{server.url}/items")
+        metrics = httpx.get(f"{server.url}/metrics").text
+
+    assert requests_counted(metrics, "/items") == 1
