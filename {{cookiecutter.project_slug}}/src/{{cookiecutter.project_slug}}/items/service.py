@@ -36,7 +36,7 @@ async def get_item(session: AsyncSession, item_id: int) -> Item:
 async def create_item(session: AsyncSession, data: ItemIn) -> Item:
     item = Item(**data.model_dump())
     session.add(item)
-    await _commit(session, data.name)
+    await _commit(session, item)
     return item
 
 
@@ -44,23 +44,25 @@ async def replace_item(session: AsyncSession, item_id: int, data: ItemIn) -> Ite
     item = await get_item(session, item_id)
     for field, value in data.model_dump().items():
         setattr(item, field, value)
-    await _commit(session, data.name, item_id)
+    await _commit(session, item)
     return item
 
 
 async def delete_item(session: AsyncSession, item_id: int) -> None:
-    await session.delete(await get_item(session, item_id))
-    await _commit(session, None, item_id)
+    item = await get_item(session, item_id)
+    await session.delete(item)
+    await _commit(session, item)
 
 
-async def _commit(session: AsyncSession, name: str | None, item_id: int | None = None) -> None:
+async def _commit(session: AsyncSession, item: Item) -> None:
     # The database decides: the unique index, so two concurrent requests cannot both take
     # a name; the row count, so an item deleted by a concurrent request is reported gone.
+    name, item_id = item.name, item.id  # read now: a rollback expires them
     try:
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        raise NameTaken(name or "") from None
+        raise NameTaken(name) from None
     except StaleDataError:
         await session.rollback()
-        raise ItemNotFound(item_id or 0) from None
+        raise ItemNotFound(item_id) from None
