@@ -19,6 +19,12 @@ PACKAGE = Path("src") / SLUG
 MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
     Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
+    PACKAGE / "inference": {"scenario": {"ml_inference"}},
+    Path("tests/test_inference.py"): {"scenario": {"ml_inference"}},
+    Path("bench/inference.py"): {"scenario": {"ml_inference"}},
+    PACKAGE / "db.py": {"database": {"postgresql"}},
+    Path("migrations"): {"database": {"postgresql"}},
+    Path("alembic.ini"): {"database": {"postgresql"}},
 }
 
 
@@ -39,12 +45,14 @@ def choose_profile() -> None:
     shutil.rmtree(profiles)
 
 
+SERVE = {"ml_inference": "install, train the model and serve"}
+ON_POSTGRESQL = "; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL"
 NEXT_STEPS = f"""
 {SLUG} is ready ({ANSWERS["scenario"]}).
 
   cd {SLUG}
-  make run     # install, migrate and serve under Gunicorn on http://127.0.0.1:8000
-  make test    # its test suite; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL
+  make run     # {SERVE.get(ANSWERS["scenario"], "install, migrate and serve")} under Gunicorn on http://127.0.0.1:8000
+  make test    # its test suite{ON_POSTGRESQL if ANSWERS["database"] == "postgresql" else ""}
 """
 
 if __name__ == "__main__":

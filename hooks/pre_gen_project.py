@@ -28,13 +28,17 @@ DEPENDENCIES = frozenset(
         "gunicorn",
         "httptools",
         "httpx",
+        "joblib",
         "migrations",
         "mypy",
+        "numpy",
         "prometheus_client",
         "pydantic",
         "pydantic_settings",
         "pytest",
         "ruff",
+        "scipy",
+        "sklearn",
         "sqlalchemy",
         "starlette",
         "tests",
@@ -73,6 +77,11 @@ def problems(answers: dict[str, str]) -> list[str]:
         found.append("scenario 'batch' runs its jobs on Celery: answer use_celery=yes.")
     elif answers["use_celery"] == "yes":
         found.append("use_celery=yes is not supported yet: Celery arrives with the batch scenario.")
+    if answers["database"] != "none" and scenario == "ml_inference":
+        found.append(
+            "scenario 'ml_inference' serves a model and keeps no data: answer database=none "
+            "(its default)."
+        )
     if answers["database"] == "none" and scenario in SCENARIOS_WITH_ITEMS:
         found.append(
             f"scenario {scenario!r} stores its /items resource in a database: "

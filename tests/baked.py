@@ -26,6 +26,10 @@ class Project:
     venv: Path
 
     @property
+    def has_database(self) -> bool:
+        return (self.path / "alembic.ini").exists()
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment the project's own commands see, with nothing inherited that
         would point them at another database."""

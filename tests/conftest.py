@@ -15,7 +15,9 @@ import pytest
 from .baked import BAKED_VENV, TEMPLATE, Project
 
 DEFAULTS = {"database": "postgresql", "kubernetes": "no", "use_celery": "no"}
-SCENARIOS = ("public_api", "microservice")
+SCENARIOS = ("public_api", "microservice", "ml_inference")
+# Answers a scenario needs that differ from DEFAULTS.
+SCENARIO_ANSWERS = {"ml_inference": {"database": "none"}}
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Lines the run prints at its end: figures a reader of CI's log wants to see.
 SUMMARY: list[str] = []
@@ -24,10 +26,17 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+def answers_for(scenario: str) -> dict[str, str]:
+    return {**DEFAULTS, "scenario": scenario, **SCENARIO_ANSWERS.get(scenario, {})}
+
+
+SCENARIOS_WITH_DATABASE = tuple(s for s in SCENARIOS if answers_for(s)["database"] != "none")
+
+
 def supported_combinations() -> list[dict[str, str]]:
     """Every combination of answers the template supports so far."""
     return [
-        {**DEFAULTS, "scenario": scenario, "python_version": version}
+        {**answers_for(scenario), "python_version": version}
         for scenario in SCENARIOS
         for version in PYTHON_VERSIONS
     ]
@@ -63,20 +72,26 @@ def baked_venv() -> Path:
 
 @pytest.fixture(scope="session")
 def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
-    """The shared environment, with the generated services' dependencies installed."""
-    result = cookies_session.bake(template=str(TEMPLATE), extra_context=DEFAULTS)  # type: ignore[attr-defined]
-    assert result.exit_code == 0, result.exception
-    Project(Path(result.project_path), DEFAULTS.get("scenario", ""), baked_venv).make("install")
+    """The shared environment, with every scenario's dependencies installed."""
+    for scenario in SCENARIOS:
+        result = cookies_session.bake(  # type: ignore[attr-defined]
+            template=str(TEMPLATE), extra_context=answers_for(scenario)
+        )
+        assert result.exit_code == 0, result.exception
+        Project(Path(result.project_path), scenario, baked_venv).make("install")
     return baked_venv
 
 
 @pytest.fixture(scope="session", params=SCENARIOS)
 def project(request: pytest.FixtureRequest, cookies_session: object, baked_venv: Path) -> Project:
-    """A project baked with the scenario's defaults and installed with its own `make install`."""
+    """A project baked with the scenario's defaults and installed with its own `make install`
+    (and, for ml_inference, its model built with `make model`)."""
     result = cookies_session.bake(  # type: ignore[attr-defined]
-        template=str(TEMPLATE), extra_context={**DEFAULTS, "scenario": request.param}
+        template=str(TEMPLATE), extra_context=answers_for(request.param)
     )
     assert result.exit_code == 0, result.exception
     baked = Project(Path(result.project_path), scenario=request.param, venv=baked_venv)
     baked.make("install")
+    if request.param == "ml_inference":
+        baked.make("model")
     return baked

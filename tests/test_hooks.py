@@ -39,6 +39,11 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["use_celery=yes"], "use_celery=yes is not supported yet"),
         (["kubernetes=yes"], "kubernetes=yes is not supported yet"),
         (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
+        (
+            ["scenario=ml_inference", "database=postgresql"],
+            "scenario 'ml_inference' serves a model and keeps no data: answer database=none",
+        ),
+        (["project_slug=sklearn"], "project_slug 'sklearn' would hide the sklearn package"),
     ],
 )
 def test_bad_answer_is_refused_with_its_message_and_nothing_written(
@@ -75,3 +80,14 @@ def test_good_answers_bake_and_print_the_next_steps(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "order_service" / "gunicorn.conf.py").is_file()
     assert "make run" in result.stdout
+
+
+def test_ml_inference_defaults_to_no_database(tmp_path: Path) -> None:
+    result = bake(tmp_path, "scenario=ml_inference")
+
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "my_service"
+    assert (project / "src" / "my_service" / "inference").is_dir()
+    assert not (project / "src" / "my_service" / "db.py").exists()
+    assert not (project / "alembic.ini").exists()
+    assert "make run     # install, train the model and serve" in result.stdout

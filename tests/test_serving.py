@@ -8,7 +8,10 @@ import httpx
 import pytest
 
 from .baked import Project, Server
+from .conftest import SCENARIOS_WITH_DATABASE
 from .tcp_proxy import TcpProxy
+
+on_a_database = pytest.mark.parametrize("project", SCENARIOS_WITH_DATABASE, indirect=True)
 
 
 def pids_per_path(server: Server) -> dict[str, set[int]]:
@@ -33,6 +36,7 @@ def until_every_worker_answered(server: Server, paths: list[str], workers: int) 
             return
 
 
+@on_a_database
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_two_workers_both_serve_ready_and_items(
     project: Project, database: str, request: pytest.FixtureRequest
@@ -50,6 +54,7 @@ def test_two_workers_both_serve_ready_and_items(
     assert len(answered["/items"]) == 2, server.log()
 
 
+@on_a_database
 def test_readiness_fails_fast_naming_the_database_and_recovers(
     project: Project, postgres_url: str
 ) -> None:

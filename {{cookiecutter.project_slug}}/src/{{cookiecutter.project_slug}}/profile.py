@@ -1,7 +1,7 @@
 """The scenario profile: every process-model knob of this service, as data.
 
-`profile.toml` beside this module holds the values; `gunicorn.conf.py`, the app and the
-database layer all read them from `PROFILE`. Environment variables that operators expect
+`profile.toml` beside this module holds the values; `gunicorn.conf.py` and the rest of the
+service read them from `PROFILE`. Environment variables that operators expect
 (`WEB_CONCURRENCY`, `GUNICORN_CMD_ARGS`, ...) still override them at run time.
 """
 
@@ -9,9 +9,19 @@ import math
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, {% if cookiecutter.scenario == "ml_inference" %}PositiveFloat, {% endif %}PositiveInt
 
 
+{% if cookiecutter.scenario == "ml_inference" -%}
+class InferenceProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_batch_size: PositiveInt
+    max_feature_magnitude: PositiveFloat
+    blas_threads: PositiveInt
+
+
+{% endif -%}
 class Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -26,7 +36,12 @@ class Profile(BaseModel):
     worker_tmp_dir: str
     forwarded_allow_ips: str
     thread_pool_size: PositiveInt
+{%- if cookiecutter.database != "none" %}
     db_max_connections: PositiveInt
+{%- endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+    inference: InferenceProfile
+{%- endif %}
 
     def workers_for(self, cpus: int) -> int:
         return max(1, math.ceil(self.workers_per_cpu * cpus) + self.extra_workers)
