@@ -2,6 +2,7 @@
 model is loaded once in the master with preload and once per worker without, and a bad
 model file stops Gunicorn at start with one line."""
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from .baked import Project, Server
+from .conftest import SUMMARY
 
 pytestmark = pytest.mark.parametrize("project", ["ml_inference"], indirect=True)
 
@@ -75,6 +77,33 @@ def test_without_preload_each_worker_loads_its_own_copy(project: Project) -> Non
 
     assert sorted(loads) == sorted(answered)
     assert len(loads) == 2
+
+
+def pss_mib(server: Server) -> float:
+    """Proportional set size of the master and its workers together: each shared page is
+    split between the processes that map it, so the sum is what the service costs."""
+    total = 0
+    for pid in [server.process.pid, *server.workers()]:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        found = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+        assert found, rollup
+        total += int(found[1])
+    return total / 1024
+
+
+def test_with_preload_two_workers_cost_at_most_1_3_times_one(project: Project) -> None:
+    memory = {}
+    for workers in (1, 2):
+        with project.serve(workers=workers) as server:
+            predictions_from_every_worker(server, workers)
+            memory[workers] = pss_mib(server)
+
+    ratio = memory[2] / memory[1]
+    SUMMARY.append(
+        f"ml_inference PSS with preload: 1 worker {memory[1]:.0f} MiB, "
+        f"2 workers {memory[2]:.0f} MiB, ratio {ratio:.2f}"
+    )
+    assert ratio <= 1.3, memory
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])

@@ -22,6 +22,7 @@ async def test_live_answers_200(client: httpx.AsyncClient) -> None:
 
 {%- if cookiecutter.database != "none" %}
 
+
 async def test_ready_answers_200_when_the_database_answers(client: httpx.AsyncClient) -> None:
     response = await client.get("/health/ready")
 
