@@ -25,6 +25,9 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "db.py": {"database": {"postgresql"}},
     Path("migrations"): {"database": {"postgresql"}},
     Path("alembic.ini"): {"database": {"postgresql"}},
+    PACKAGE / "jobs": {"use_celery": {"yes"}},
+    Path("tests/test_jobs.py"): {"use_celery": {"yes"}},
+    Path("examples"): {"use_celery": {"yes"}},
 }
 
 
@@ -53,6 +56,9 @@ NEXT_STEPS = f"""
   cd {SLUG}
   make run     # {SERVE.get(ANSWERS["scenario"], "install, migrate and serve")} under Gunicorn on http://127.0.0.1:8000
   make test    # its test suite{ON_POSTGRESQL if ANSWERS["database"] == "postgresql" else ""}
+"""
+if ANSWERS["use_celery"] == "yes":
+    NEXT_STEPS += """  make worker  # a Celery worker alone, for CELERY_BROKER_URL (make run starts one too)
 """
 
 if __name__ == "__main__":

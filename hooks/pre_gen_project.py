@@ -23,12 +23,16 @@ DEPENDENCIES = frozenset(
     {
         "aiosqlite",
         "alembic",
+        "amqp",
         "asyncpg",
+        "billiard",
+        "celery",
         "fastapi",
         "gunicorn",
         "httptools",
         "httpx",
         "joblib",
+        "kombu",
         "migrations",
         "mypy",
         "numpy",
@@ -36,6 +40,8 @@ DEPENDENCIES = frozenset(
         "pydantic",
         "pydantic_settings",
         "pytest",
+        "python_multipart",
+        "redis",
         "ruff",
         "scipy",
         "sklearn",
@@ -75,8 +81,6 @@ def problems(answers: dict[str, str]) -> list[str]:
             found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
     if scenario == "batch" and answers["use_celery"] == "no":
         found.append("scenario 'batch' runs its jobs on Celery: answer use_celery=yes.")
-    elif answers["use_celery"] == "yes":
-        found.append("use_celery=yes is not supported yet: Celery arrives with the batch scenario.")
     if answers["database"] != "none" and scenario == "ml_inference":
         found.append(
             "scenario 'ml_inference' serves a model and keeps no data: answer database=none "
@@ -86,6 +90,10 @@ def problems(answers: dict[str, str]) -> list[str]:
         found.append(
             f"scenario {scenario!r} stores its /items resource in a database: "
             "answer database=postgresql."
+        )
+    elif answers["database"] == "none" and answers["use_celery"] == "yes":
+        found.append(
+            "use_celery=yes keeps its jobs in a database table: answer database=postgresql."
         )
     if answers["kubernetes"] == "yes":
         found.append("kubernetes=yes is not supported yet: answer kubernetes=no.")

@@ -14,10 +14,16 @@ import pytest
 
 from .baked import BAKED_VENV, TEMPLATE, Project
 
-DEFAULTS = {"database": "postgresql", "kubernetes": "no", "use_celery": "no"}
-SCENARIOS = ("public_api", "microservice", "ml_inference")
+# use_celery is left to its default, which follows the scenario (yes for batch).
+DEFAULTS = {"database": "postgresql", "kubernetes": "no"}
+SCENARIOS = ("public_api", "microservice", "ml_inference", "batch")
 # Answers a scenario needs that differ from DEFAULTS.
 SCENARIO_ANSWERS = {"ml_inference": {"database": "none"}}
+# Bakes that, together, depend on every package any supported bake depends on.
+EVERY_DEPENDENCY = (
+    {**DEFAULTS, "scenario": "public_api", "use_celery": "yes"},
+    {**DEFAULTS, **SCENARIO_ANSWERS["ml_inference"], "scenario": "ml_inference"},
+)
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Lines the run prints at its end: figures a reader of CI's log wants to see.
 SUMMARY: list[str] = []
@@ -39,7 +45,7 @@ def supported_combinations() -> list[dict[str, str]]:
         {**answers_for(scenario), "python_version": version}
         for scenario in SCENARIOS
         for version in PYTHON_VERSIONS
-    ]
+    ] + [{**EVERY_DEPENDENCY[0], "python_version": "3.11"}]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -64,6 +70,18 @@ def postgres_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> str:
+    require("Redis", "127.0.0.1", 6379)
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    require("RabbitMQ", "127.0.0.1", 5672)
+    return "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture(scope="session")
 def baked_venv() -> Path:
     if not (BAKED_VENV / "bin" / "python").exists():
         subprocess.run(["uv", "venv", "--quiet", "--python", "3.11", str(BAKED_VENV)], check=True)
@@ -72,13 +90,11 @@ def baked_venv() -> Path:
 
 @pytest.fixture(scope="session")
 def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
-    """The shared environment, with every scenario's dependencies installed."""
-    for scenario in SCENARIOS:
-        result = cookies_session.bake(  # type: ignore[attr-defined]
-            template=str(TEMPLATE), extra_context=answers_for(scenario)
-        )
+    """The shared environment, with every generated service's dependencies installed."""
+    for answers in EVERY_DEPENDENCY:
+        result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
         assert result.exit_code == 0, result.exception
-        Project(Path(result.project_path), scenario, baked_venv).make("install")
+        Project(Path(result.project_path), answers["scenario"], baked_venv).make("install")
     return baked_venv
 
 

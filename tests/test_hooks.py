@@ -36,7 +36,9 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=json"], "project_slug 'json' shadows the standard-library module"),
         (["project_slug=fastapi"], "project_slug 'fastapi' would hide the fastapi package"),
         (["use_celery=maybe"], "use_celery 'maybe' is not an answer: say yes or no"),
-        (["use_celery=yes"], "use_celery=yes is not supported yet"),
+        (["project_slug=celery"], "project_slug 'celery' would hide the celery package"),
+        (["scenario=batch", "use_celery=no"], "scenario 'batch' runs its jobs on Celery"),
+        (["scenario=batch", "database=none"], "use_celery=yes keeps its jobs in a database"),
         (["kubernetes=yes"], "kubernetes=yes is not supported yet"),
         (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
         (
@@ -60,7 +62,6 @@ def test_bad_answer_is_refused_with_its_message_and_nothing_written(
     ("answers", "message"),
     [
         (["scenario=graphql"], "graphql provided for choice variable scenario"),
-        (["scenario=batch", "use_celery=no"], "batch provided for choice variable scenario"),
         (["python_version=3.9"], "3.9 provided for choice variable python_version"),
     ],
 )
@@ -91,3 +92,11 @@ def test_ml_inference_defaults_to_no_database(tmp_path: Path) -> None:
     assert not (project / "src" / "my_service" / "db.py").exists()
     assert not (project / "alembic.ini").exists()
     assert "make run     # install, train the model and serve" in result.stdout
+
+
+def test_batch_asks_for_celery_by_default(tmp_path: Path) -> None:
+    result = bake(tmp_path, "scenario=batch")
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "my_service" / "src" / "my_service" / "jobs" / "celery_app.py").is_file()
+    assert "make worker" in result.stdout

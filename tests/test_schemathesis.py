@@ -15,6 +15,7 @@ from .conftest import SUMMARY
 # (GET /items/{id} answers a POST with `Allow: GET`, omitting PUT and DELETE).
 # It is the framework's behaviour, not the schema's: left out, and said in docs/decisions.md.
 CHECKS = ["--checks", "all", "--exclude-checks", "allow_header_conformance"]
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def test_schemathesis_finds_no_failure(
@@ -30,6 +31,8 @@ def test_schemathesis_finds_no_failure(
                 sys.executable,
                 "-m",
                 "schemathesis.cli",
+                "--config-file",
+                str(CONFIG),
                 "run",
                 *CHECKS,
                 f"{server.url}/openapi.json",

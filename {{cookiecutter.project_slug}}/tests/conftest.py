@@ -25,8 +25,11 @@ from fastapi import FastAPI
 {%- if cookiecutter.database != "none" %}
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.project_slug }}.db import Base
 {%- endif %}
-{% if cookiecutter.scenario == "ml_inference" %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+
 from {{ cookiecutter.project_slug }}.inference import train
 {%- endif %}
 from {{ cookiecutter.project_slug }}.main import create_app
@@ -86,7 +89,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 {%- if cookiecutter.database != "none" %}
-def settings(database: dict[str, str]) -> Settings:
+def settings(database: dict[str, str]{% if cookiecutter.use_celery == "yes" %}, tmp_path: Path{% endif %}) -> Settings:
     # Everything a test relies on is set here, whatever the caller's environment says.
     return Settings(
         _env_file=None,
@@ -96,6 +99,10 @@ def settings(database: dict[str, str]) -> Settings:
         cors_origins=[],
         database_url=database["DATABASE_URL"],
         database_schema=database.get("DATABASE_SCHEMA"),
+{%- if cookiecutter.use_celery == "yes" %}
+        # Jobs are queued in a broker of the test's own; no worker takes them here.
+        celery_broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
+{%- endif %}
     )
 {%- else %}
 def settings(model_path: Path) -> Settings:
@@ -125,6 +132,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 {%- if cookiecutter.database != "none" %}
         async with app.state.sessions() as session:
-            await session.execute(text("DELETE FROM items"))
+            for table in reversed(Base.metadata.sorted_tables):
+                await session.execute(table.delete())
             await session.commit()
 {%- endif %}

@@ -19,8 +19,12 @@ from .inference.metadata import read_metadata
 from .inference.model import ModelSlot, load_model
 from .inference.router import create_router
 {%- endif %}
-{%- if cookiecutter.scenario in ("public_api", "microservice") %}
+{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
 from .items.router import router as items_router
+{%- endif %}
+{%- if cookiecutter.use_celery == "yes" %}
+from .jobs import broker
+from .jobs.router import router as jobs_router
 {%- endif %}
 from .middleware import RequestObserver, TrustedHosts
 from .profile import PROFILE
@@ -36,10 +40,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- if cookiecutter.database != "none" %}
     engine = db.create_engine(app.state.settings)
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+{%- if cookiecutter.use_celery == "yes" %}
+    settings: Settings = app.state.settings
+    broker.warn_if_not_durable(settings)
+    app.state.celery = celery = broker.create_celery(settings)
+    app.state.readiness_checks = {
+        "database": partial(db.ping, engine),
+        "broker": partial(blocking.call_blocking, broker.ping, celery),
+    }
+{%- else %}
     app.state.readiness_checks = {"database": partial(db.ping, engine)}
+{%- endif %}
     try:
         yield
     finally:
+{%- if cookiecutter.use_celery == "yes" %}
+        celery.close()
+{%- endif %}
         await engine.dispose()
 {%- endif %}
 {%- if cookiecutter.scenario == "ml_inference" %}
@@ -96,7 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.scenario == "ml_inference" %}
     app.include_router(create_router(metadata, PROFILE.inference))
 {%- endif %}
-{%- if cookiecutter.scenario in ("public_api", "microservice") %}
+{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
     app.include_router(items_router)
+{%- endif %}
+{%- if cookiecutter.use_celery == "yes" %}
+    app.include_router(jobs_router, max_body_size=settings.max_upload_size)
 {%- endif %}
     return app

@@ -1,7 +1,7 @@
 """The scenario profile: every process-model knob of this service, as data.
 
-`profile.toml` beside this module holds the values; `gunicorn.conf.py` and the rest of the
-service read them from `PROFILE`. Environment variables that operators expect
+`profile.toml` beside this module holds the values; `gunicorn.conf.py`, the app{% if cookiecutter.use_celery == "yes" %}, Celery{% endif %} and the
+rest of the service read them from `PROFILE`. Environment variables that operators expect
 (`WEB_CONCURRENCY`, `GUNICORN_CMD_ARGS`, ...) still override them at run time.
 """
 
@@ -11,17 +11,38 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, {% if cookiecutter.scenario == "ml_inference" %}PositiveFloat, {% endif %}PositiveInt
 
+{% if cookiecutter.use_celery == "yes" %}
+class CeleryProfile(BaseModel):
+    """The `[celery]` table: how the Celery workers run the jobs."""
 
-{% if cookiecutter.scenario == "ml_inference" -%}
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    processes_per_cpu: PositiveInt
+    queue: str
+    prefetch_multiplier: PositiveInt
+    soft_time_limit: PositiveInt
+    time_limit: PositiveInt
+    visibility_timeout: PositiveInt
+    max_attempts: PositiveInt
+    max_tasks_per_child: PositiveInt
+    max_memory_per_child_kib: PositiveInt
+    max_upload_size: PositiveInt
+
+    def processes_for(self, cpus: int) -> int:
+        return self.processes_per_cpu * cpus
+
+{% endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
 class InferenceProfile(BaseModel):
+    """The `[inference]` table: how much one request may ask of the model."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_batch_size: PositiveInt
     max_feature_magnitude: PositiveFloat
     blas_threads: PositiveInt
 
-
-{% endif -%}
+{% endif %}
 class Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -38,6 +59,9 @@ class Profile(BaseModel):
     thread_pool_size: PositiveInt
 {%- if cookiecutter.database != "none" %}
     db_max_connections: PositiveInt
+{%- endif %}
+{%- if cookiecutter.use_celery == "yes" %}
+    celery: CeleryProfile
 {%- endif %}
 {%- if cookiecutter.scenario == "ml_inference" %}
     inference: InferenceProfile
