@@ -28,11 +28,12 @@ def model_loads(server: Server) -> list[int]:
 
 
 def predictions_from_every_worker(server: Server, workers: int) -> set[int]:
-    """New connections until each worker has answered a prediction; their pids."""
+    """New connections until each worker has answered a prediction; their pids. A worker
+    still loading its model (preload off) answers once it has loaded it."""
     deadline = time.monotonic() + 30
     answered: set[int] = set()
     while len(answered) < workers and time.monotonic() < deadline:
-        with httpx.Client(base_url=server.url) as client:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
             response = client.post("/predict", json={"instances": [SETOSA]})
         assert response.status_code == 200, response.text
         assert response.json() == {"predictions": ["setosa"]}
