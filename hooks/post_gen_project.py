@@ -28,6 +28,7 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "jobs": {"use_celery": {"yes"}},
     Path("tests/test_jobs.py"): {"use_celery": {"yes"}},
     Path("examples"): {"use_celery": {"yes"}},
+    Path("bench/jobs.py"): {"use_celery": {"yes"}},
 }
 
 
