@@ -1,20 +1,22 @@
 """Predictions per second and memory, by worker count and preload: `make bench`.
 
 Serves the model under Gunicorn four ways (1 and N workers, preload on and off), drives
-POST /predict with wrk, then adds up the proportional set size (PSS, from
+POST /predict with wrk (rounds alternate between the four, and each figure is the median,
+so all four see the same machine noise), then adds up the proportional set size (PSS, from
 /proc/<pid>/smaps_rollup) of the master and its workers. PSS splits each shared page
 between the processes that map it, so the total is what the service really costs: with
 preload, the workers share the master's model and libraries, and N workers should cost
 little more than one. Needs wrk and Linux.
 
-BENCH_WORKERS (default: the CPUs this process may use, at least 2), BENCH_SECONDS,
-BENCH_CONNECTIONS and BENCH_BATCH (instances per request) tune it.
+BENCH_WORKERS (default: the CPUs this process may use, at least 2), BENCH_ROUNDS,
+BENCH_SECONDS, BENCH_CONNECTIONS and BENCH_BATCH (instances per request) tune it.
 """
 
 import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ from bench.harness import ENV, PROJECT, free_port, wait_until_answering, wrk, wr
 from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", max(2, effective_cpu_count().count)))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 BATCH = int(os.environ.get("BENCH_BATCH", "10"))
@@ -91,25 +94,37 @@ def main() -> None:
             'wrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = {json.dumps(body)}\n"
         )
-    runs: dict[tuple[int, bool], Run] = {}
+    runs: dict[tuple[int, bool], list[Run]] = {
+        (workers, preload): [] for preload in (True, False) for workers in (1, WORKERS)
+    }
     try:
-        for preload in (True, False):
-            for workers in (1, WORKERS):
-                run = runs[workers, preload] = measure(workers, preload, Path(script.name))
+        for round_number in range(1, ROUNDS + 1):
+            for (workers, preload), done in runs.items():
+                done.append(run := measure(workers, preload, Path(script.name)))
                 print(
-                    f"{workers} worker(s), preload {'on ' if preload else 'off'}: "
-                    f"{run.predictions_per_second:9.0f} predictions/s, "
-                    f"PSS {run.pss_mib:6.1f} MiB (master + workers)",
+                    f"round {round_number}: {workers} worker(s), preload "
+                    f"{'on ' if preload else 'off'}: {run.predictions_per_second:9.0f} "
+                    f"predictions/s, PSS {run.pss_mib:6.1f} MiB (master + workers)",
                     flush=True,
                 )
     finally:
         os.unlink(script.name)
-    one, many, unshared = runs[1, True], runs[WORKERS, True], runs[WORKERS, False]
-    speedup = many.predictions_per_second / one.predictions_per_second
-    print(f"batch {BATCH}, {CONNECTIONS} connections, {SECONDS} s per run")
-    print(f"throughput, {WORKERS} workers / 1: {speedup:.2f}")
-    print(f"memory with preload, {WORKERS} workers / 1: {many.pss_mib / one.pss_mib:.2f}")
-    print(f"memory of {WORKERS} workers, preload off / on: {unshared.pss_mib / many.pss_mib:.2f}")
+    rate = {
+        key: statistics.median(r.predictions_per_second for r in rs) for key, rs in runs.items()
+    }
+    pss = {key: statistics.median(r.pss_mib for r in rs) for key, rs in runs.items()}
+    print(f"medians of {ROUNDS} rounds; batch {BATCH}, {CONNECTIONS} connections, {SECONDS} s each")
+    for workers, preload in runs:
+        print(
+            f"{workers} worker(s), preload {'on ' if preload else 'off'}: "
+            f"{rate[workers, preload]:9.0f} predictions/s, PSS {pss[workers, preload]:6.1f} MiB"
+        )
+    speedup = rate[WORKERS, True] / rate[1, True]
+    shared = pss[WORKERS, True] / pss[1, True]
+    unshared = pss[WORKERS, False] / pss[WORKERS, True]
+    print(f"throughput with preload, {WORKERS} workers / 1: {speedup:.2f}")
+    print(f"memory with preload, {WORKERS} workers / 1: {shared:.2f}")
+    print(f"memory of {WORKERS} workers, preload off / on: {unshared:.2f}")
 
 
 if __name__ == "__main__":
