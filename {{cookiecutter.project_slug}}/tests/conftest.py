@@ -90,6 +90,9 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 {%- if cookiecutter.database != "none" %}
 def settings(database: dict[str, str]{% if cookiecutter.use_celery == "yes" %}, tmp_path: Path{% endif %}) -> Settings:
+{%- else %}
+def settings(model_path: Path) -> Settings:
+{%- endif %}
     # Everything a test relies on is set here, whatever the caller's environment says.
     return Settings(
         _env_file=None,
@@ -97,26 +100,19 @@ def settings(database: dict[str, str]{% if cookiecutter.use_celery == "yes" %}, 
         docs_enabled=None,
         allowed_hosts=["*"],
         cors_origins=[],
+{%- if cookiecutter.database != "none" %}
         database_url=database["DATABASE_URL"],
         database_schema=database.get("DATABASE_SCHEMA"),
+{%- endif %}
 {%- if cookiecutter.use_celery == "yes" %}
         # Jobs are queued in a broker of the test's own; no worker takes them here.
         celery_broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
 {%- endif %}
-    )
-{%- else %}
-def settings(model_path: Path) -> Settings:
-    # Everything a test relies on is set here, whatever the caller's environment says.
-    return Settings(
-        _env_file=None,
-        environment="development",
-        docs_enabled=None,
-        allowed_hosts=["*"],
-        cors_origins=[],
+{%- if cookiecutter.scenario == "ml_inference" %}
         model_path=model_path,
         preload=True,
-    )
 {%- endif %}
+    )
 
 
 @pytest.fixture
