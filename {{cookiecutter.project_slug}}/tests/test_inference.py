@@ -2,6 +2,7 @@
 inference off the event loop, and a model that is checked before it is served."""
 
 import asyncio
+import hashlib
 import shutil
 import threading
 from collections.abc import AsyncIterator
@@ -16,7 +17,11 @@ from fastapi import FastAPI
 from sklearn.datasets import load_iris
 
 from {{ cookiecutter.project_slug }}.inference import model as model_module
-from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, read_metadata
+from {{ cookiecutter.project_slug }}.inference.metadata import (
+    ModelError,
+    read_metadata,
+    write_metadata,
+)
 from {{ cookiecutter.project_slug }}.inference.model import Model, load_model
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.profile import PROFILE
@@ -210,6 +215,21 @@ def test_a_corrupt_model_is_refused_before_it_is_unpickled(
     )
 
 
+def test_a_model_that_matches_its_hash_but_cannot_be_loaded_stops_the_start(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = copy_model(settings.model_path, tmp_path)
+    path.write_bytes(b"not a model")
+    metadata = read_metadata(path).model_copy(update={"sha256": sha256(b"not a model")})
+    write_metadata(path, metadata)
+
+    with pytest.raises(SystemExit) as refusal:
+        create_app(settings.model_copy(update={"model_path": path}))
+
+    assert str(refusal.value).startswith(f"invalid model: {path} cannot be loaded: ")
+    assert "\n" not in str(refusal.value)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "missing", "no-metadata"])
 def test_gunicorn_refuses_to_start_on_a_bad_model_with_one_line(
     model_path: Path, tmp_path: Path, damage: str
@@ -228,6 +248,10 @@ def test_gunicorn_refuses_to_start_on_a_bad_model_with_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"invalid model: {path.with_suffix('')}.")
     assert line.endswith("run `make model` to build it")
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
 
 
 def copy_model(model_path: Path, directory: Path) -> Path:

@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import blocking, {% if cookiecutter.database != "none" %}db, {% endif %}errors, health, metrics
 {%- if cookiecutter.scenario == "ml_inference" %}
-from .inference.metadata import read_metadata
+from .inference.metadata import ModelError, read_metadata
 from .inference.model import ModelSlot, load_model
 from .inference.router import create_router
 {%- endif %}
@@ -93,7 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # With preload, Gunicorn calls this factory once, in its master, before it forks: the
     # model loaded here is in every worker from its first instruction, its pages shared.
     # Without, each worker loads its own copy as it starts (the lifespan).
-    preloaded = load_model(settings.model_path) if settings.preload else None
+    try:
+        preloaded = load_model(settings.model_path) if settings.preload else None
+    except ModelError as error:
+        raise SystemExit(f"invalid model: {error}") from None
     app.state.model = ModelSlot(settings.model_path, preloaded)
     metadata = preloaded.metadata if preloaded else read_metadata(settings.model_path)
 {%- endif %}
