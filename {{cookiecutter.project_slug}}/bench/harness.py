@@ -32,12 +32,27 @@ def wrk_path() -> str:
     return wrk
 
 
+def split_cpus() -> tuple[str | None, str | None]:
+    """CPUs for the server and for wrk (taskset lists): the last CPU serves, the others
+    load. Sharing CPUs, wrk and the workers would fight for them, and the scheduler shares
+    by process: more workers would just take CPU from wrk. With one CPU, nothing is pinned."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return None, None
+    return str(usable[-1]), ",".join(map(str, usable[:-1]))
+
+
+def pinned(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 @contextmanager
-def gunicorn(*args: str, **env: str) -> Iterator[str]:
-    """Serve under gunicorn.conf.py until the block ends; yields the base URL."""
+def gunicorn(*args: str, cpus: str | None = None, **env: str) -> Iterator[str]:
+    """Serve under gunicorn.conf.py until the block ends, pinned to `cpus` if given
+    (the worker count follows them); yields the base URL."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", *args],
+        [*pinned(cpus), sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", *args],
         cwd=PROJECT,
         env={**ENV, "PORT": str(port), **env},
         stdout=subprocess.DEVNULL,
@@ -63,11 +78,16 @@ def wait_until_answering(url: str, within: float = 30) -> None:
             time.sleep(0.1)
 
 
-def wrk(url: str, seconds: int, connections: int, *options: str) -> dict[str, float]:
-    """Requests per second and the 99th percentile latency in milliseconds; `options` go to
-    wrk as they are (e.g. "--script", "post.lua"). Any answer but a 2xx is an error."""
+def wrk(
+    url: str, seconds: int, connections: int, *options: str, cpus: str | None = None
+) -> dict[str, float]:
+    """Requests per second, the 99th percentile latency in milliseconds and the socket
+    errors (timeouts included); `options` go to wrk as they are (e.g. "--script",
+    "post.lua"); `cpus` pins wrk to those CPUs (taskset's list). Any answer but a 2xx is
+    an error."""
+    command = [wrk_path(), "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     output = subprocess.run(
-        [wrk_path(), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *options, url],
+        [*pinned(cpus), *command, "--latency", *options, url],
         capture_output=True,
         text=True,
         check=True,
@@ -79,4 +99,7 @@ def wrk(url: str, seconds: int, connections: int, *options: str) -> dict[str, fl
     if rate is None or p99 is None:
         raise RuntimeError(f"wrk printed no rate or latency:\n{output}")
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99[2]]
-    return {"rate": float(rate[1]), "p99_ms": float(p99[1]) * scale}
+    # "Socket errors: connect 0, read 2, write 0, timeout 5", printed only when there were any.
+    errors = re.search(r"Socket errors: (.*)", output)
+    failed = sum(map(int, re.findall(r"\d+", errors[1]))) if errors else 0
+    return {"rate": float(rate[1]), "p99_ms": float(p99[1]) * scale, "errors": float(failed)}

@@ -1,0 +1,765 @@
+"""The generated service side by side with what people would otherwise run.
+
+    python3 bench/compare.py                  # every section; results in .cache/bench-results/
+    python3 bench/compare.py --only cgroup    # one section (servers, cgroup, database)
+    python3 bench/compare.py --docs           # also write the tables and plots into docs/
+
+Bakes a `microservice` into .cache/bench/, installs it with the alternatives (the seed's
+deprecated `uvicorn.workers`, granian, prometheus-fastapi-instrumentator) and matplotlib
+into a separate environment, .cache/bench-venv/, never into the project's dependencies,
+and runs itself there. Needs wrk and taskset; `cgroup` needs root and a cgroup hierarchy
+with the cpu controller; `database` needs PostgreSQL (TEST_POSTGRES_URL, by default
+postgres@127.0.0.1:5432/test), where it works in a schema of its own and drops it after.
+
+Sections, each on one endpoint, with the server on the same CPUs for every configuration:
+
+servers   GET /health/live, the server pinned to one CPU and wrk to the others:
+          (a) the generated service against the seed's naive setup;
+          (b) against `uvicorn --workers`, Gunicorn's `-k asgi` and granian serving the same app;
+          (c) bare FastAPI (the service without its middleware) and a bare ASGI app, the ceiling;
+          (d) the generated service with 1, 2 and 3 workers (1 to 2 x CPU + 1).
+cgroup    (e) inside a cgroup with a quota of one CPU, on a host taken to have 16 CPUs:
+          the seed's formula (2 x 16 + 1 = 33 workers) against the generated configuration,
+          which reads the quota; requests/s, p99, the PSS of master and workers together,
+          and the time until every worker has booted.
+database  (f) GET /items/{id} on PostgreSQL: the generated service (SQLAlchemy) with 1 to 3
+          workers, the same FastAPI service on raw asyncpg, and a bare ASGI app on asyncpg.
+
+Every round runs each configuration once, in a rotating order, so all of them see the same
+machine noise; the tables give medians over the rounds, and ratios. The machines we run on
+are shared: read the ratios, not the absolute figures.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+HERE = TEMPLATE / "bench"
+CACHE = TEMPLATE / ".cache"
+VENV = CACHE / "bench-venv"
+PROJECT = CACHE / "bench" / "my_service"
+RESULTS = CACHE / "bench-results"
+DOCS = TEMPLATE / "docs"
+ALTERNATIVES = ["granian", "prometheus-fastapi-instrumentator", "matplotlib"]
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+HOST_CPUS_PRETENDED = 16
+SECTIONS = ("servers", "cgroup", "database")
+LOADS: list[float] = []  # the 1-minute load average at the start of every round
+
+
+def prepare() -> None:
+    """Bake, install, and run this script again inside the bench environment."""
+    sys.path.insert(0, str(TEMPLATE))
+    import dev  # the template's own tools: uv and cookiecutter
+
+    tools = dev.tools()
+    shutil.rmtree(PROJECT.parent, ignore_errors=True)
+    subprocess.run(
+        [
+            tools / "cookiecutter",
+            TEMPLATE,
+            "--no-input",
+            "-o",
+            PROJECT.parent,
+            "scenario=microservice",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run(
+            [tools / "uv", "venv", "--quiet", "--python", sys.executable, VENV], check=True
+        )
+    install = [tools / "uv", "pip", "install", "--quiet", "--python", VENV / "bin" / "python"]
+    subprocess.run([*install, PROJECT, *ALTERNATIVES], check=True)
+    python = str(VENV / "bin" / "python")
+    os.execv(python, [python, __file__, *sys.argv[1:]])
+
+
+# --- measuring -----------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A command that serves on {port}; `env` is added to the environment."""
+
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    # The project's folder, where Gunicorn finds gunicorn.conf.py; the seed runs from here,
+    # where there is none.
+    cwd: Path = PROJECT
+
+
+@dataclass
+class Run:
+    rate: float
+    p99_ms: float
+    errors: float
+    pss_mib: float
+    ready_s: float
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *descendants(child)]
+    return found
+
+
+def pss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with suppress(OSError):
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)[1])  # type: ignore[index]
+    return total / 1024
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        with suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_booted(master: int, workers: int, within: float = 180) -> None:
+    """Until the master has its workers and the whole tree is idle: all have imported
+    the app, so no configuration is measured while some of its workers still boot."""
+    deadline = time.monotonic() + within
+    before = -1.0
+    while time.monotonic() < deadline:
+        tree = [master, *descendants(master)]
+        used = cpu_seconds(tree)
+        if len(tree) > workers - (workers == 1) and used - before < 0.05:
+            return
+        before = used
+        time.sleep(0.5)
+    raise RuntimeError(f"the server did not settle within {within} s")
+
+
+def answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def serving(
+    server: Server, path: str, prefix: list[str], log: Path
+) -> Iterator[tuple[str, int, float]]:
+    """The server, until the block ends: yields its URL, pid, and the seconds it took
+    until every worker had booted."""
+    port = free_port()
+    started = time.monotonic()
+    with log.open("a") as output:
+        process = subprocess.Popen(
+            [*prefix, *(part.format(port=port) for part in server.command)],
+            cwd=server.cwd,
+            env={**ENV, "PORT": str(port), **server.env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not answers(f"{url}{path}"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{server.command} did not serve; see {log}")
+            time.sleep(0.1)
+        wait_until_booted(process.pid, server.workers)
+        yield url, process.pid, time.monotonic() - started
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def measure(
+    server: Server,
+    path: str,
+    args: argparse.Namespace,
+    prefix: list[str],
+    load_cpus: str | None,
+    *options: str,
+) -> Run:
+    log = RESULTS / "logs" / "server.log"
+    with serving(server, path, prefix, log) as (url, pid, ready_s):
+        wrk(f"{url}{path}", 1, args.connections, *options, cpus=load_cpus)  # warm up
+        result = wrk(f"{url}{path}", args.seconds, args.connections, *options, cpus=load_cpus)
+        memory = pss_mib([pid, *descendants(pid)])
+    return Run(result["rate"], result["p99_ms"], result["errors"], memory, ready_s)
+
+
+def rounds(
+    servers: dict[str, Server],
+    path: str,
+    args: argparse.Namespace,
+    prefix: list[str],
+    load_cpus: str | None,
+    *options: str,
+    count: int,
+) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    names = list(servers)
+    for number in range(count):
+        LOADS.append(os.getloadavg()[0])
+        order = names[number % len(names) :] + names[: number % len(names)]
+        for name in order:
+            runs[name].append(
+                run := measure(servers[name], path, args, prefix, load_cpus, *options)
+            )
+            print(
+                f"  round {number + 1}/{count} {name:34} {run.rate:8.0f} req/s  p99 "
+                f"{run.p99_ms:8.2f} ms  PSS {run.pss_mib:6.1f} MiB  errors {run.errors:.0f}",
+                flush=True,
+            )
+    return runs
+
+
+@dataclass
+class Row:
+    name: str
+    workers: int
+    rate: float
+    p99_ms: float
+    pss_mib: float
+    ready_s: float
+    errors: float
+
+    @classmethod
+    def of(cls, name: str, workers: int, runs: list[Run]) -> "Row":
+        def median(values: Iterator[float]) -> float:
+            return statistics.median(values)
+
+        return cls(
+            name,
+            workers,
+            median(r.rate for r in runs),
+            median(r.p99_ms for r in runs),
+            median(r.pss_mib for r in runs),
+            median(r.ready_s for r in runs),
+            sum(r.errors for r in runs),
+        )
+
+
+def rows(servers: dict[str, Server], runs: dict[str, list[Run]]) -> list[Row]:
+    return [Row.of(name, servers[name].workers, runs[name]) for name in servers]
+
+
+# --- sections ------------------------------------------------------------------------
+
+
+def seed(workers: int) -> Server:
+    """The seed's command line, run where Gunicorn finds no gunicorn.conf.py."""
+    command = ["-w", str(workers), "-k", "uvicorn.workers.UvicornWorker"]
+    return Server(
+        [sys.executable, "-m", "gunicorn", *command, "--bind", "127.0.0.1:{port}", "seed_app:app"],
+        workers=workers,
+        cwd=HERE,
+    )
+
+
+def log_config_file() -> Path:
+    """The service's logging set-up as a file, for servers other than Gunicorn (which
+    gets it from gunicorn.conf.py): every server logs each request alike."""
+    from my_service.logs import logging_config
+
+    config = logging_config("info")
+    config["formatters"]["json"]["()"] = "my_service.logs.JsonFormatter"
+    path = RESULTS / "logging.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def servers_section(args: argparse.Namespace) -> dict[str, object]:
+    server_cpus, load_cpus = split_cpus()
+    cpus = len(server_cpus.split(",")) if server_cpus else os.cpu_count() or 1
+    python = sys.executable
+    gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    metrics_dir = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-")}
+    logs = str(log_config_file())
+    factory = "my_service.main:create_app"
+    seed_workers = 2 * cpus + 1
+    servers = {
+        "generated service": Server(gunicorn, workers=cpus),
+        "generated service, LOG_LEVEL=warning (no access log)": Server(
+            gunicorn, {"LOG_LEVEL": "warning"}, workers=cpus
+        ),
+        f"seed: -w {seed_workers} uvicorn.workers, naive app": seed(seed_workers),
+        "uvicorn --workers": Server(
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "--factory",
+                factory,
+                "--workers",
+                str(cpus),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-config",
+                logs,
+            ],
+            metrics_dir,
+            workers=cpus,
+        ),
+        "gunicorn -k asgi": Server(gunicorn, {"WORKER_CLASS": "asgi"}, workers=cpus),
+        "granian": Server(
+            [
+                str(Path(python).parent / "granian"),
+                "--interface",
+                "asgi",
+                "--factory",
+                "--workers",
+                str(cpus),
+                "--loop",
+                "uvloop",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-config",
+                logs,
+                factory,
+            ],
+            metrics_dir,
+            workers=cpus,
+        ),
+        "bare FastAPI (no middleware)": Server([*gunicorn, "bench.apps:bare"], workers=cpus),
+        "bare ASGI app (ceiling)": Server([*gunicorn, "ceiling:app"], workers=cpus),
+    }
+    for workers in range(cpus + 1, 2 * cpus + 2):
+        servers[f"generated service, {workers} workers"] = Server(
+            gunicorn, {"WEB_CONCURRENCY": str(workers)}, workers=workers
+        )
+    print(f"servers: GET /health/live, server on CPU {server_cpus}, wrk on {load_cpus}")
+    runs = rounds(servers, "/health/live", args, pinned(server_cpus), load_cpus, count=args.rounds)
+    shutil.rmtree(metrics_dir["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    return {
+        "cpus": cpus,
+        "server_cpus": server_cpus,
+        "load_cpus": load_cpus,
+        "rows": [vars(row) for row in rows(servers, runs)],
+    }
+
+
+@contextmanager
+def cpu_quota_cgroup(cpus: float) -> Iterator[Path]:
+    root = Path("/sys/fs/cgroup/cpu")
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    group = (root if root.exists() else v2.parent) / f"fastapi-prod-bench-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        if root.exists():
+            (group / "cpu.cfs_period_us").write_text("100000")
+            (group / "cpu.cfs_quota_us").write_text(str(int(cpus * 100000)))
+        else:
+            (group / "cpu.max").write_text(f"{int(cpus * 100000)} 100000")
+        yield group
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:  # processes still leaving it
+                time.sleep(0.1)
+
+
+def cgroup_section(args: argparse.Namespace) -> dict[str, object]:
+    python = sys.executable
+    seed_workers = 2 * HOST_CPUS_PRETENDED + 1
+    servers = {
+        f"seed: -w {seed_workers} uvicorn.workers, naive app": seed(seed_workers),
+        f"generated app, WEB_CONCURRENCY={seed_workers}": Server(
+            [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
+            # One database connection per worker at least, or the service refuses to start.
+            {"WEB_CONCURRENCY": str(seed_workers), "DB_MAX_CONNECTIONS": str(seed_workers)},
+            workers=seed_workers,
+        ),
+        "generated service (reads the quota)": Server(
+            [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"], workers=1
+        ),
+    }
+    with cpu_quota_cgroup(1) as group:
+        prefix = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(group)]
+        config = subprocess.run(
+            [*prefix, python, "gunicorn.conf.py"],
+            cwd=PROJECT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        print(f"cgroup: GET /health/live inside {group} (1 CPU); the generated config there:")
+        resolved = json.loads(config)
+        print(f"  workers {resolved['workers']} from {resolved['cpus_from']}")
+        runs = rounds(servers, "/health/live", args, prefix, None, count=args.cgroup_rounds)
+    return {
+        "quota_cpus": 1,
+        "pretended_cpus": HOST_CPUS_PRETENDED,
+        "generated_workers": resolved["workers"],
+        "cpus_from": resolved["cpus_from"],
+        "rows": [vars(row) for row in rows(servers, runs)],
+    }
+
+
+def postgres(code: str) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, asyncpg, sys\n"
+            "async def main():\n    c = await asyncpg.connect(sys.argv[1])\n"
+            + "".join(f"    {line}\n" for line in code.splitlines())
+            + "    await c.close()\nasyncio.run(main())\n",
+            POSTGRES_URL.replace("+asyncpg", ""),
+        ],
+        check=True,
+    )
+
+
+def database_section(args: argparse.Namespace) -> dict[str, object]:
+    server_cpus, load_cpus = split_cpus()
+    cpus = len(server_cpus.split(",")) if server_cpus else os.cpu_count() or 1
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    database = {"DATABASE_URL": POSTGRES_URL, "DATABASE_SCHEMA": schema}
+    postgres(f"await c.execute('CREATE SCHEMA {schema}')")
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=PROJECT,
+            env={**ENV, **database},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        postgres(
+            f'await c.execute("INSERT INTO {schema}.items (name, description, price_cents, '
+            "created_at, updated_at) SELECT 'item ' || n, 'a bench item', n, now(), now() "
+            'FROM generate_series(1, 1000) AS n")'
+        )
+        script = RESULTS / "random_item.lua"
+        script.write_text(
+            "request = function()\n"
+            '  return wrk.format(nil, "/items/" .. math.random(1, 1000))\n'
+            "end\n"
+        )
+        python = sys.executable
+        gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+        servers = {
+            f"generated service (SQLAlchemy), {w} worker{'s' * (w > 1)}": Server(
+                gunicorn, {**database, "WEB_CONCURRENCY": str(w)}, workers=w
+            )
+            for w in range(cpus, 2 * cpus + 2)
+        }
+        servers["bare FastAPI (no middleware), SQLAlchemy"] = Server(
+            [*gunicorn, "bench.apps:bare"], database, workers=cpus
+        )
+        servers["generated service without pool_pre_ping"] = Server(
+            [*gunicorn, "no_preping:app"], database, workers=cpus
+        )
+        servers["same FastAPI service on raw asyncpg"] = Server(
+            [*gunicorn, "raw_items:fastapi_app"], database, workers=cpus
+        )
+        servers["bare ASGI app on raw asyncpg"] = Server(
+            [*gunicorn, "raw_items:asgi_app"], database, workers=cpus
+        )
+        print(f"database: GET /items/<random 1..1000> on PostgreSQL, server on CPU {server_cpus}")
+        runs = rounds(
+            servers,
+            "/items/1",
+            args,
+            pinned(server_cpus),
+            load_cpus,
+            "--script",
+            str(script),
+            count=args.rounds,
+        )
+    finally:
+        postgres(f"await c.execute('DROP SCHEMA {schema} CASCADE')")
+    return {"cpus": cpus, "rows": [vars(row) for row in rows(servers, runs)]}
+
+
+# --- report --------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    packages = [
+        "fastapi",
+        "starlette",
+        "gunicorn",
+        "uvicorn",
+        "uvicorn-worker",
+        "granian",
+        "prometheus-fastapi-instrumentator",
+        "sqlalchemy",
+        "asyncpg",
+    ]
+    found = {name: metadata.version(name) for name in packages}
+    wrk_version = subprocess.run([wrk_path(), "-v"], capture_output=True, text=True).stdout
+    found["wrk"] = wrk_version.split()[1] if wrk_version else "?"
+    found["python"] = platform.python_version()
+    return found
+
+
+def table(rows_: list[dict[str, float]], base: str, extra: tuple[str, ...] = ()) -> str:
+    reference = next(row for row in rows_ if row["name"] == base)
+    head = "| configuration | workers | req/s | vs generated | p99 ms | PSS MiB |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    if "ready_s" in extra:
+        head += " ready after s |"
+        rule += "---:|"
+    lines = [head, rule]
+    for row in rows_:
+        name = f"**{row['name']}**" if row["name"] == base else row["name"]
+        ratio = row["rate"] / reference["rate"]
+        line = (
+            f"| {name} | {row['workers']} | {row['rate']:,.0f} | {ratio:.2f} | "
+            f"{row['p99_ms']:.1f} | {row['pss_mib']:.0f} |"
+        )
+        if "ready_s" in extra:
+            line += f" {row['ready_s']:.1f} |"
+        if row["errors"]:
+            line += f" ({row['errors']:.0f} socket errors)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def row_of(section: dict[str, object], prefix: str) -> dict[str, float]:
+    return next(r for r in section["rows"] if r["name"].startswith(prefix))  # type: ignore[attr-defined]
+
+
+def block(heading: str, body: str, findings: list[str], image: str) -> list[str]:
+    return [f"### {heading}", "", body, "", *(f"- {line}" for line in findings), "", image, ""]
+
+
+def report(results: dict[str, object]) -> str:
+    out = [
+        f"Run {results['date']}, {results['machine']}; load average (1, 5, 15 min) "
+        f"{results['load_before']} before, {results['load_after']} after, "
+        f"{results['load_rounds']} at the start of the rounds. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+        + ".",
+        "",
+    ]  # type: ignore[attr-defined]
+    if servers := results.get("servers"):
+        generated = row_of(servers, "generated service")
+        quiet = row_of(servers, "generated service, LOG_LEVEL")
+        bare = row_of(servers, "bare FastAPI")
+        ceiling = row_of(servers, "bare ASGI")
+        seed = row_of(servers, "seed")
+        alternatives = [row_of(servers, n) for n in ("uvicorn", "gunicorn -k asgi", "granian")]
+        best = max(alternatives, key=lambda row: row["rate"])
+        out += block(
+            f"(a) to (d) GET /health/live, server pinned to CPU {servers['server_cpus']}, "
+            f"wrk on CPU {servers['load_cpus']}, {results['connections']} connections, "
+            f"median of {results['rounds']} rounds of {results['seconds']} s",
+            table(servers["rows"], generated["name"]),
+            [
+                f"full stack / bare FastAPI: **{generated['rate'] / bare['rate']:.2f}** "
+                f"(target ≥ 0.85); without the access log (LOG_LEVEL=warning): "
+                f"**{quiet['rate'] / bare['rate']:.2f}**",
+                f"generated / seed's naive setup: **{generated['rate'] / seed['rate']:.2f}** "
+                f"in throughput; p99 {generated['p99_ms']:.1f} ms against {seed['p99_ms']:.1f} ms",
+                f"generated / best alternative server ({best['name']}): "
+                f"**{generated['rate'] / best['rate']:.2f}**",
+                f"bare ASGI app / bare FastAPI: {ceiling['rate'] / bare['rate']:.2f} "
+                f"(what the framework itself costs)",
+            ],
+            "![GET /health/live](performance/servers.png)",
+        )
+    if cgroup := results.get("cgroup"):
+        seed = row_of(cgroup, "seed")
+        generated = row_of(cgroup, "generated service")
+        out += block(
+            f"(e) inside a 1-CPU cgroup quota, host taken to have {cgroup['pretended_cpus']} "
+            f"CPUs; GET /health/live, {results['connections']} connections, wrk outside the "
+            f"cgroup, median of {results['cgroup_rounds']} rounds of {results['seconds']} s",
+            f"The generated configuration resolved {cgroup['generated_workers']} worker(s) from "
+            f"`{cgroup['cpus_from']}`.\n\n"
+            + table(cgroup["rows"], generated["name"], ("ready_s",)),
+            [
+                f"memory, seed formula / generated: "
+                f"**{seed['pss_mib'] / generated['pss_mib']:.1f}x** (target ≥ 2x)",
+                f"p99, seed formula / generated: **{seed['p99_ms'] / generated['p99_ms']:.1f}x** "
+                f"(target > 1)",
+                f"throughput, generated / seed formula: {generated['rate'] / seed['rate']:.2f}",
+            ],
+            "![1-CPU cgroup](performance/cgroup.png)",
+        )
+    if database := results.get("database"):
+        generated = database["rows"][0]
+        bare = row_of(database, "bare FastAPI")
+        unpinged = row_of(database, "generated service without")
+        raw = row_of(database, "same FastAPI")
+        asgi = row_of(database, "bare ASGI")
+        out += block(
+            f"(f) GET /items/<random id of 1,000> on PostgreSQL, server pinned to one CPU, "
+            f"{results['connections']} connections, median of {results['rounds']} rounds of "
+            f"{results['seconds']} s",
+            table(database["rows"], generated["name"]),
+            [
+                f"full stack / bare FastAPI on this endpoint: "
+                f"**{generated['rate'] / bare['rate']:.2f}**",
+                f"generated / the same without pool_pre_ping: "
+                f"{generated['rate'] / unpinged['rate']:.2f}",
+                f"generated (SQLAlchemy ORM) / the same service on raw asyncpg: "
+                f"**{generated['rate'] / raw['rate']:.2f}**",
+                f"generated / bare ASGI on raw asyncpg: {generated['rate'] / asgi['rate']:.2f}",
+            ],
+            "![GET /items/{id}](performance/database.png)",
+        )
+    return "\n".join(out)
+
+
+def plot(results: dict[str, object], into: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, title in (
+        ("servers", "GET /health/live, server on 1 CPU"),
+        ("cgroup", "1-CPU cgroup quota, host taken to have 16 CPUs"),
+        ("database", "GET /items/{id} on PostgreSQL, server on 1 CPU"),
+    ):
+        section = results.get(key)
+        if not section:
+            continue
+        data = section["rows"]  # type: ignore[index]
+        names = [row["name"] for row in data]
+        panels = [("req/s (median)", "rate"), ("p99 latency, ms (median)", "p99_ms")]
+        if key == "cgroup":
+            panels.append(("PSS of master + workers, MiB", "pss_mib"))
+        figure, axes = plt.subplots(
+            1, len(panels), figsize=(5.2 * len(panels), 0.55 * len(names) + 2.2), sharey=True
+        )
+        for axis, (label, field_) in zip(axes, panels, strict=True):
+            values = [row[field_] for row in data]
+            colours = ["#2b6cb0" if name.startswith("generated") else "#a0aec0" for name in names]
+            bars = axis.barh(range(len(names)), values, color=colours)
+            axis.bar_label(
+                bars,
+                labels=[f"{v:,.0f}" if v >= 10 else f"{v:.1f}" for v in values],
+                padding=3,
+                fontsize=8,
+            )
+            axis.set_xlabel(label)
+            axis.set_xlim(0, max(values) * 1.25)
+        axes[0].invert_yaxis()  # shared by every panel: the first configuration on top
+        axes[0].set_yticks(range(len(names)), names, fontsize=8)
+        figure.suptitle(f"{title} (load average {results['load_before']})", fontsize=10)
+        figure.tight_layout()
+        path = into / f"{key}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write_docs(markdown: str, pngs: list[Path]) -> None:
+    target = DOCS / "performance"
+    target.mkdir(exist_ok=True)
+    for png in pngs:
+        shutil.copy(png, target / png.name)
+    page = DOCS / "performance.md"
+    text = page.read_text()
+    begin, end = "<!-- results: begin -->", "<!-- results: end -->"
+    before, _, rest = text.partition(begin)
+    _, _, after = rest.partition(end)
+    page.write_text(f"{before}{begin}\n{markdown}\n{end}{after}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=SECTIONS, action="append")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cgroup-rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--docs", action="store_true", help="write tables and plots into docs/")
+    parser.add_argument("--report-only", action="store_true", help="report the last results.json")
+    args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((RESULTS / "results.json").read_text())
+        report_and_plot(results, args.docs)
+        return
+    wrk_path()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "logs").mkdir(exist_ok=True)
+    results: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})",
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "rounds": args.rounds,
+        "cgroup_rounds": args.cgroup_rounds,
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "versions": versions(),
+    }
+    for name in args.only or SECTIONS:
+        results[name] = globals()[f"{name}_section"](args)
+    results["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    results["load_rounds"] = f"{min(LOADS):.2f} to {max(LOADS):.2f}"
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    report_and_plot(results, args.docs)
+
+
+def report_and_plot(results: dict[str, object], docs: bool) -> None:
+    markdown = report(results)
+    (RESULTS / "results.md").write_text(markdown)
+    pngs = plot(results, RESULTS)
+    print("\n" + markdown)
+    print(f"written: {RESULTS / 'results.md'}, " + ", ".join(map(str, pngs)))
+    if docs:
+        write_docs(markdown, pngs)
+        print(f"and into {DOCS / 'performance.md'}")
+
+
+if Path(sys.prefix).resolve() != VENV.resolve():
+    prepare()
+sys.path[:0] = [str(HERE), str(PROJECT / "src"), str(PROJECT)]
+from bench.harness import free_port, pinned, split_cpus, wrk, wrk_path  # noqa: E402
+
+# The template's bench apps (seed_app, ceiling, raw_items), then the project and its apps.
+ENV = {**os.environ, "PYTHONPATH": ":".join(sys.path[:3]), "LOG_LEVEL": "info"}
+
+if __name__ == "__main__":
+    main()
