@@ -37,7 +37,8 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=fastapi"], "project_slug 'fastapi' would hide the fastapi package"),
         (["use_celery=maybe"], "use_celery 'maybe' is not an answer: say yes or no"),
         (["use_celery=yes"], "use_celery=yes is not supported yet"),
-        (["kubernetes=yes"], "kubernetes=yes is not supported yet"),
+        (["project_slug=_2fast"], "project_slug '_2fast' gives the deployment name '2fast'"),
+        (["project_slug=" + "a" * 64], "which must start with a letter and be at most 63"),
         (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
     ],
 )
