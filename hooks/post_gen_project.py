@@ -21,6 +21,9 @@ PACKAGE = Path("src") / SLUG
 MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
     Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
+    PACKAGE / "jobs": {"use_celery": {"yes"}},
+    Path("tests/test_jobs.py"): {"use_celery": {"yes"}},
+    Path("examples"): {"use_celery": {"yes"}},
     Path(f"deploy/systemd/{NAME}-worker.service"): {"use_celery": {"yes"}},
     Path("deploy/k8s/worker.yaml"): {"use_celery": {"yes"}},
     Path("deploy/k8s/jobs"): {"database": {"postgresql"}},
@@ -51,6 +54,9 @@ NEXT_STEPS = f"""
   cd {SLUG}
   make run     # install, migrate and serve under Gunicorn on http://127.0.0.1:8000
   make test    # its test suite; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL
+"""
+if ANSWERS["use_celery"] == "yes":
+    NEXT_STEPS += """  make worker  # a Celery worker alone, for CELERY_BROKER_URL (make run starts one too)
 """
 
 if __name__ == "__main__":

@@ -27,17 +27,23 @@ DEPENDENCIES = frozenset(
     {
         "aiosqlite",
         "alembic",
+        "amqp",
         "asyncpg",
+        "billiard",
+        "celery",
         "fastapi",
         "gunicorn",
         "httptools",
         "httpx",
+        "kombu",
         "migrations",
         "mypy",
         "prometheus_client",
         "pydantic",
         "pydantic_settings",
         "pytest",
+        "python_multipart",
+        "redis",
         "ruff",
         "sqlalchemy",
         "starlette",
@@ -80,12 +86,14 @@ def problems(answers: dict[str, str]) -> list[str]:
             found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
     if scenario == "batch" and answers["use_celery"] == "no":
         found.append("scenario 'batch' runs its jobs on Celery: answer use_celery=yes.")
-    elif answers["use_celery"] == "yes":
-        found.append("use_celery=yes is not supported yet: Celery arrives with the batch scenario.")
     if answers["database"] == "none" and scenario in SCENARIOS_WITH_ITEMS:
         found.append(
             f"scenario {scenario!r} stores its /items resource in a database: "
             "answer database=postgresql."
+        )
+    elif answers["database"] == "none" and answers["use_celery"] == "yes":
+        found.append(
+            "use_celery=yes keeps its jobs in a database table: answer database=postgresql."
         )
     return found
 

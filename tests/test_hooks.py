@@ -36,7 +36,9 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=json"], "project_slug 'json' shadows the standard-library module"),
         (["project_slug=fastapi"], "project_slug 'fastapi' would hide the fastapi package"),
         (["use_celery=maybe"], "use_celery 'maybe' is not an answer: say yes or no"),
-        (["use_celery=yes"], "use_celery=yes is not supported yet"),
+        (["project_slug=celery"], "project_slug 'celery' would hide the celery package"),
+        (["scenario=batch", "use_celery=no"], "scenario 'batch' runs its jobs on Celery"),
+        (["scenario=batch", "database=none"], "use_celery=yes keeps its jobs in a database"),
         (["project_slug=_2fast"], "project_slug '_2fast' gives the deployment name '2fast'"),
         (["project_slug=" + "a" * 64], "which must start with a letter and be at most 63"),
         (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
@@ -56,7 +58,6 @@ def test_bad_answer_is_refused_with_its_message_and_nothing_written(
     ("answers", "message"),
     [
         (["scenario=graphql"], "graphql provided for choice variable scenario"),
-        (["scenario=batch", "use_celery=no"], "batch provided for choice variable scenario"),
         (["python_version=3.9"], "3.9 provided for choice variable python_version"),
     ],
 )
@@ -76,3 +77,11 @@ def test_good_answers_bake_and_print_the_next_steps(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "order_service" / "gunicorn.conf.py").is_file()
     assert "make run" in result.stdout
+
+
+def test_batch_asks_for_celery_by_default(tmp_path: Path) -> None:
+    result = bake(tmp_path, "scenario=batch")
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "my_service" / "src" / "my_service" / "jobs" / "celery_app.py").is_file()
+    assert "make worker" in result.stdout

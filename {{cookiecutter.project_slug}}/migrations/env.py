@@ -7,7 +7,12 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from {{ cookiecutter.project_slug }}.db import Base, create_engine
+{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
 from {{ cookiecutter.project_slug }}.items import models as _items  # noqa: F401  (registers the table)
+{%- endif %}
+{%- if cookiecutter.use_celery == "yes" %}
+from {{ cookiecutter.project_slug }}.jobs import models as _jobs  # noqa: F401  (registers the table)
+{%- endif %}
 from {{ cookiecutter.project_slug }}.settings import get_settings
 
 if context.config.config_file_name is not None:
@@ -26,7 +31,7 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    engine = create_engine(get_settings())
+    engine = create_engine(get_settings(), pooled=False)
     async with engine.connect() as connection:
         await connection.run_sync(run_migrations)
     await engine.dispose()

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from {{ cookiecutter.project_slug }}.db import Base
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 
@@ -67,7 +68,7 @@ async def _execute(url: str, statement: str) -> None:
 
 
 @pytest.fixture
-def settings(database: dict[str, str]) -> Settings:
+def settings(database: dict[str, str]{% if cookiecutter.use_celery == "yes" %}, tmp_path: Path{% endif %}) -> Settings:
     # Everything a test relies on is set here, whatever the caller's environment says.
     return Settings(
         _env_file=None,
@@ -77,6 +78,10 @@ def settings(database: dict[str, str]) -> Settings:
         cors_origins=[],
         database_url=database["DATABASE_URL"],
         database_schema=database.get("DATABASE_SCHEMA"),
+{%- if cookiecutter.use_celery == "yes" %}
+        # Jobs are queued in a broker of the test's own; no worker takes them here.
+        celery_broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
+{%- endif %}
     )
 
 
@@ -92,5 +97,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
         async with app.state.sessions() as session:
-            await session.execute(text("DELETE FROM items"))
+            for table in reversed(Base.metadata.sorted_tables):
+                await session.execute(table.delete())
             await session.commit()

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import NullPool
 
 from .settings import Settings
 
@@ -30,20 +31,27 @@ class Base(DeclarativeBase):
     )
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    """An engine whose pool suits the database in the URL."""
+def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    """An engine whose pool suits the database in the URL.
+
+    `pooled=False` is for a short run that is not a server (migrations, a job): each
+    connection is closed when it is given back.
+    """
     options: dict[str, Any] = {"pool_pre_ping": True}
+    if not pooled:
+        options["poolclass"] = NullPool
     if settings.database_url.startswith("postgresql"):
         server_settings = {"application_name": __name__.partition(".")[0]}
         if settings.database_schema:
             server_settings["search_path"] = settings.database_schema
-        options |= {
+        options["connect_args"] = {"timeout": 5, "server_settings": server_settings}
+        if pooled:
             # The worker's share of DB_MAX_CONNECTIONS, and never more.
-            "pool_size": settings.connections_per_worker,
-            "max_overflow": 0,
-            "pool_timeout": 5,
-            "connect_args": {"timeout": 5, "server_settings": server_settings},
-        }
+            options |= {
+                "pool_size": settings.connections_per_worker,
+                "max_overflow": 0,
+                "pool_timeout": 5,
+            }
         return create_async_engine(settings.database_url, **options)
     database_file = make_url(settings.database_url).database
     if database_file and database_file != ":memory:":

@@ -10,7 +10,13 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.middleware.cors import CORSMiddleware
 
 from . import blocking, db, errors, health, metrics
+{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
 from .items.router import router as items_router
+{%- endif %}
+{%- if cookiecutter.use_celery == "yes" %}
+from .jobs import broker
+from .jobs.router import router as jobs_router
+{%- endif %}
 from .middleware import RequestObserver, TrustedHosts
 from .profile import PROFILE
 from .settings import Settings, get_settings
@@ -22,10 +28,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     blocking.limit_threads(PROFILE.thread_pool_size)
     engine = db.create_engine(app.state.settings)
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+{%- if cookiecutter.use_celery == "yes" %}
+    settings: Settings = app.state.settings
+    broker.warn_if_not_durable(settings)
+    app.state.celery = celery = broker.create_celery(settings)
+    app.state.readiness_checks = {
+        "database": partial(db.ping, engine),
+        "broker": partial(blocking.call_blocking, broker.ping, celery),
+    }
+{%- else %}
     app.state.readiness_checks = {"database": partial(db.ping, engine)}
+{%- endif %}
     try:
         yield
     finally:
+{%- if cookiecutter.use_celery == "yes" %}
+        celery.close()
+{%- endif %}
         await engine.dispose()
 
 
@@ -59,5 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestObserver)
     app.include_router(health.router)
     app.include_router(metrics.router)
+{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
     app.include_router(items_router)
+{%- endif %}
+{%- if cookiecutter.use_celery == "yes" %}
+    app.include_router(jobs_router, max_body_size=settings.max_upload_size)
+{%- endif %}
     return app

@@ -12,6 +12,9 @@ from .profile import PROFILE
 DEVELOPMENT_SECRET = "development-only-secret-change-me"  # noqa: S105
 
 CommaSeparated = Annotated[list[str], NoDecode]
+{%- if cookiecutter.use_celery == "yes" %}
+BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "sqla+sqlite://")
+{%- endif %}
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,19 @@ class Settings(BaseSettings):
     # Request bodies larger than this get a 413 before they are read.
     max_body_size: int = Field(default=1024 * 1024, ge=0)
 
+{%- if cookiecutter.use_celery == "yes" %}
+    # Celery's broker: redis://... or amqp://... in production. The default keeps queued
+    # jobs in a SQLite file: fine on a laptop, not durable (a killed worker loses its job).
+    celery_broker_url: str = "sqla+sqlite:///./var/celery-broker.db"
+    # Worker processes per Celery worker; default: the profile's processes per usable CPU.
+    celery_concurrency: int | None = Field(default=None, ge=1)
+    celery_soft_time_limit: int = Field(default=PROFILE.celery.soft_time_limit, ge=1)
+    celery_time_limit: int = Field(default=PROFILE.celery.time_limit, ge=1)
+    celery_visibility_timeout: int = Field(default=PROFILE.celery.visibility_timeout, ge=1)
+    # The largest CSV upload POST /jobs accepts, in bytes.
+    max_upload_size: int = Field(default=PROFILE.celery.max_upload_size, ge=1)
+{%- endif %}
+
     # Read by gunicorn.conf.py; validated here so a typo stops the start with one line.
     web_concurrency: int | None = Field(default=None, ge=1)
     port: int = Field(default=8000, ge=1, le=65535)
@@ -46,7 +62,7 @@ class Settings(BaseSettings):
     worker_class: str = f"{__package__}.worker.Worker"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
-    @field_validator("web_concurrency", "bind", mode="before")
+    @field_validator({% if cookiecutter.use_celery == "yes" %}"celery_concurrency", {% endif %}"web_concurrency", "bind", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -72,6 +88,26 @@ class Settings(BaseSettings):
                 "(the service talks to its database asynchronously)"
             )
         return url
+{%- if cookiecutter.use_celery == "yes" %}
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _known_broker(cls, url: str) -> str:
+        if not url.startswith(BROKER_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(BROKER_SCHEMES)}")
+        return url
+
+    @model_validator(mode="after")
+    def _time_limits_nest(self) -> Self:
+        if not self.celery_soft_time_limit < self.celery_time_limit:
+            raise ValueError("CELERY_SOFT_TIME_LIMIT must be below CELERY_TIME_LIMIT")
+        if not self.celery_time_limit < self.celery_visibility_timeout:
+            raise ValueError(
+                "CELERY_VISIBILITY_TIMEOUT must exceed CELERY_TIME_LIMIT, "
+                "or a job still running would be handed to a second worker"
+            )
+        return self
+{%- endif %}
 
     @model_validator(mode="after")
     def _production_is_locked_down(self) -> Self:
