@@ -10,7 +10,6 @@ migrations, outlasts its in-flight requests on a stop, and runs a worker per CPU
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -67,15 +66,7 @@ class Bake:
 
     def tool(self, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
         """Run a checking tool in the project; its output is the failure message."""
-        return subprocess.run(
-            [require_tool(command[0]), *command[1:]],
-            cwd=self.path,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        return self.project.run(require_tool(command[0]), *command[1:], **env)
 
 
 def ids(answers: dict[str, str]) -> str:
