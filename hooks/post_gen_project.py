@@ -24,6 +24,7 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "jobs": {"use_celery": {"yes"}},
     Path("tests/test_jobs.py"): {"use_celery": {"yes"}},
     Path("examples"): {"use_celery": {"yes"}},
+    Path("bench/jobs.py"): {"use_celery": {"yes"}},
     Path(f"deploy/systemd/{NAME}-worker.service"): {"use_celery": {"yes"}},
     Path("deploy/k8s/worker.yaml"): {"use_celery": {"yes"}},
     Path("deploy/k8s/jobs"): {"database": {"postgresql"}},

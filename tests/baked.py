@@ -113,6 +113,58 @@ class Project:
             server.stop()
 
 
+    @contextmanager
+    def celery_worker(self, **env: str) -> Iterator["CeleryWorker"]:
+        """`make worker`'s Celery worker in a process group of its own, stopped on exit."""
+        log = self.path / "var" / f"celery-{uuid.uuid4().hex[:8]}.log"
+        log.parent.mkdir(exist_ok=True)
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [
+                    *(str(self.venv / "bin" / "celery"), "--app", f"{self.path.name}.jobs.celery_app"),
+                    *("worker", "--loglevel", "INFO", "--hostname", f"{log.stem}@%h"),
+                ],
+                cwd=self.path,
+                env={**self.env, **env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        worker = CeleryWorker(process, log)
+        try:
+            worker.wait_until_ready()
+            yield worker
+        finally:
+            worker.kill()
+
+
+@dataclass
+class CeleryWorker:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def wait_until_ready(self, within: float = 60) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Celery worker exited:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the Celery worker was not ready within {within} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, its pool processes included: nothing gets to clean up."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
 @dataclass
 class Server:
     url: str

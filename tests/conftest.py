@@ -15,8 +15,11 @@ import pytest
 
 from .baked import BAKED_VENV, TEMPLATE, Project
 
-DEFAULTS = {"database": "postgresql", "kubernetes": "no", "use_celery": "no"}
-SCENARIOS = ("public_api", "microservice")
+# use_celery is left to its default, which follows the scenario (yes for batch).
+DEFAULTS = {"database": "postgresql", "kubernetes": "no"}
+SCENARIOS = ("public_api", "microservice", "batch")
+# Answers whose bake depends on every package any supported bake depends on.
+EVERY_DEPENDENCY = {"scenario": "public_api", "use_celery": "yes"}
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Lines the run prints at its end: figures a reader of CI's log wants to see.
 SUMMARY: list[str] = []
@@ -40,7 +43,7 @@ def supported_combinations() -> list[dict[str, str]]:
         }
         for scenario in SCENARIOS
         for version in PYTHON_VERSIONS
-    ]
+    ] + [{**DEFAULTS, **EVERY_DEPENDENCY, "python_version": "3.11"}]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -76,6 +79,18 @@ def postgres_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> str:
+    require("Redis", "127.0.0.1", 6379)
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    require("RabbitMQ", "127.0.0.1", 5672)
+    return "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture(scope="session")
 def baked_venv() -> Path:
     if not (BAKED_VENV / "bin" / "python").exists():
         subprocess.run(["uv", "venv", "--quiet", "--python", "3.11", str(BAKED_VENV)], check=True)
@@ -84,10 +99,11 @@ def baked_venv() -> Path:
 
 @pytest.fixture(scope="session")
 def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
-    """The shared environment, with the generated services' dependencies installed."""
-    result = cookies_session.bake(template=str(TEMPLATE), extra_context=DEFAULTS)  # type: ignore[attr-defined]
+    """The shared environment, with every generated service's dependencies installed."""
+    answers = {**DEFAULTS, **EVERY_DEPENDENCY}
+    result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
     assert result.exit_code == 0, result.exception
-    Project(Path(result.project_path), DEFAULTS.get("scenario", ""), baked_venv).make("install")
+    Project(Path(result.project_path), answers["scenario"], baked_venv).make("install")
     return baked_venv
 
 

@@ -13,6 +13,7 @@ from .conftest import SUMMARY
 # (GET /items/{id} answers a POST with `Allow: GET`, omitting PUT and DELETE).
 # It is the framework's behaviour, not the schema's: left out, and said in docs/decisions.md.
 CHECKS = ["--checks", "all", "--exclude-checks", "allow_header_conformance"]
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def test_schemathesis_finds_no_failure(project: Project, postgres_url: str, tmp_path: Path) -> None:
@@ -24,6 +25,8 @@ def test_schemathesis_finds_no_failure(project: Project, postgres_url: str, tmp_
                 sys.executable,
                 "-m",
                 "schemathesis.cli",
+                "--config-file",
+                str(CONFIG),
                 "run",
                 *CHECKS,
                 f"{server.url}/openapi.json",

@@ -3,6 +3,7 @@ PostgreSQL, and its readiness follows the database."""
 
 import time
 from collections import defaultdict
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -33,21 +34,37 @@ def until_every_worker_answered(server: Server, paths: list[str], workers: int) 
             return
 
 
+def create_item(project: Project, server: Server) -> str:
+    created = httpx.post(f"{server.url}/items", json={"name": "first", "price_cents": 1})
+    assert created.status_code == 201, created.text
+    return "/items"
+
+
+def submit_job(project: Project, server: Server) -> str:
+    sample = (project.path / "examples" / "orders.csv").read_bytes()
+    submitted = httpx.post(f"{server.url}/jobs", files={"file": ("orders.csv", sample)})
+    assert submitted.status_code == 202, submitted.text
+    return urlsplit(submitted.json()["status_url"]).path
+
+
+# Per scenario: create one of its resources over HTTP; the path that reads it back.
+CREATE_RESOURCE = {"public_api": create_item, "microservice": create_item, "batch": submit_job}
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_two_workers_both_serve_ready_and_items(
+def test_two_workers_both_serve_ready_and_the_scenario_resource(
     project: Project, database: str, request: pytest.FixtureRequest
 ) -> None:
     postgres_url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
     settings = project.database(postgres_url)
 
     with project.serve(workers=2, **settings) as server:
-        created = httpx.post(f"{server.url}/items", json={"name": "first", "price_cents": 1})
-        until_every_worker_answered(server, ["/health/ready", "/items"], workers=2)
+        resource = CREATE_RESOURCE[project.scenario](project, server)
+        until_every_worker_answered(server, ["/health/ready", resource], workers=2)
         answered = pids_per_path(server)
 
-    assert created.status_code == 201
     assert len(answered["/health/ready"]) == 2, server.log()
-    assert len(answered["/items"]) == 2, server.log()
+    assert len(answered[resource]) == 2, server.log()
 
 
 def test_readiness_fails_fast_naming_the_database_and_recovers(

@@ -75,10 +75,10 @@ async def test_cors_allows_only_configured_origins(settings: Settings) -> None:
 
     async with _client(app) as client:
         allowed = await client.options(
-            "/items", headers={**preflight, "origin": "https://app.example.com"}
+            "/health/live", headers={**preflight, "origin": "https://app.example.com"}
         )
         refused = await client.options(
-            "/items", headers={**preflight, "origin": "https://evil.example.net"}
+            "/health/live", headers={**preflight, "origin": "https://evil.example.net"}
         )
 
     assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"

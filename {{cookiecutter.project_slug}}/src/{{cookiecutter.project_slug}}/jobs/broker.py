@@ -57,7 +57,9 @@ def create_celery(settings: Settings) -> Celery:
 
 def _transport_options(settings: Settings) -> dict[str, int]:
     if not settings.celery_broker_url.startswith(("redis://", "rediss://")):
-        return {}  # RabbitMQ gives a lost worker's jobs back as soon as its connection drops
+        # RabbitMQ gives a lost worker's jobs back as soon as its connection drops. (The
+        # embedded broker would hand these options to SQLAlchemy, which refuses them.)
+        return {}
     # Redis gives a job taken by a vanished worker to another after the visibility timeout;
     # look for such jobs every tenth of it, not every 100 s as kombu does by default.
     return {

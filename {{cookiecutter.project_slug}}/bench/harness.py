@@ -1,0 +1,79 @@
+"""What the benchmarks share: a Gunicorn serving this project on a free port, and wrk."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+# The project's code and this folder's apps, quiet logs.
+ENV = {**os.environ, "PYTHONPATH": f"{PROJECT / 'src'}:{PROJECT}", "LOG_LEVEL": "warning"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wrk_path() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("make bench needs wrk: apt-get install wrk (or your system's package)")
+    return wrk
+
+
+@contextmanager
+def gunicorn(*args: str, **env: str) -> Iterator[str]:
+    """Serve under gunicorn.conf.py until the block ends; yields the base URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", *args],
+        cwd=PROJECT,
+        env={**ENV, "PORT": str(port), **env},
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(f"{url}/health/live")
+        yield url
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def wait_until_answering(url: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 (a loopback URL)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+    """Requests per second and the 99th percentile latency in milliseconds."""
+    output = subprocess.run(
+        [wrk_path(), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", output)
+    if rate is None or p99 is None:
+        raise RuntimeError(f"wrk printed no rate or latency:\n{output}")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99[2]]
+    return {"rate": float(rate[1]), "p99_ms": float(p99[1]) * scale}
