@@ -211,6 +211,7 @@ def test_compose_api_waits_for_migrations_and_outlasts_its_requests(baked: Bake)
         assert seconds(worker["stop_grace_period"]) > baked.profile["celery"]["time_limit"]
         assert float(worker["deploy"]["resources"]["limits"]["cpus"]) >= 1
         assert worker["depends_on"]["redis"] == {"condition": "service_healthy"}
+        assert api["depends_on"]["redis"] == {"condition": "service_healthy"}
         assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     else:
         assert {"worker", "redis"}.isdisjoint(services)
