@@ -21,6 +21,12 @@ PACKAGE = Path("src") / SLUG
 MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
     Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
+    PACKAGE / "inference": {"scenario": {"ml_inference"}},
+    Path("tests/test_inference.py"): {"scenario": {"ml_inference"}},
+    Path("bench/inference.py"): {"scenario": {"ml_inference"}},
+    PACKAGE / "db.py": {"database": {"postgresql"}},
+    Path("migrations"): {"database": {"postgresql"}},
+    Path("alembic.ini"): {"database": {"postgresql"}},
     PACKAGE / "jobs": {"use_celery": {"yes"}},
     Path("tests/test_jobs.py"): {"use_celery": {"yes"}},
     Path("examples"): {"use_celery": {"yes"}},
@@ -49,18 +55,26 @@ def choose_profile() -> None:
     shutil.rmtree(profiles)
 
 
-NEXT_STEPS = f"""
-{SLUG} is ready ({ANSWERS["scenario"]}).
+def next_steps() -> str:
+    serve = {"ml_inference": "install, train the model and serve"}.get(
+        ANSWERS["scenario"], "install, migrate and serve"
+    )
+    test = "  make test    # its test suite"
+    if ANSWERS["database"] != "none":
+        test += "; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL"
+    lines = [
+        f"{SLUG} is ready ({ANSWERS['scenario']}).",
+        "",
+        f"  cd {SLUG}",
+        f"  make run     # {serve} under Gunicorn on http://127.0.0.1:8000",
+        test,
+    ]
+    if ANSWERS["use_celery"] == "yes":
+        lines.append("  make worker  # a Celery worker alone (make run starts one beside Gunicorn)")
+    return "\n".join(["", *lines, ""])
 
-  cd {SLUG}
-  make run     # install, migrate and serve under Gunicorn on http://127.0.0.1:8000
-  make test    # its test suite; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL
-"""
-if ANSWERS["use_celery"] == "yes":
-    NEXT_STEPS += """  make worker  # a Celery worker alone, for CELERY_BROKER_URL (make run starts one too)
-"""
 
 if __name__ == "__main__":
     choose_profile()
     prune()
-    print(NEXT_STEPS)
+    print(next_steps())

@@ -35,9 +35,11 @@ DEPENDENCIES = frozenset(
         "gunicorn",
         "httptools",
         "httpx",
+        "joblib",
         "kombu",
         "migrations",
         "mypy",
+        "numpy",
         "prometheus_client",
         "pydantic",
         "pydantic_settings",
@@ -45,6 +47,8 @@ DEPENDENCIES = frozenset(
         "python_multipart",
         "redis",
         "ruff",
+        "scipy",
+        "sklearn",
         "sqlalchemy",
         "starlette",
         "tests",
@@ -86,6 +90,11 @@ def problems(answers: dict[str, str]) -> list[str]:
             found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
     if scenario == "batch" and answers["use_celery"] == "no":
         found.append("scenario 'batch' runs its jobs on Celery: answer use_celery=yes.")
+    if answers["database"] != "none" and scenario == "ml_inference":
+        found.append(
+            "scenario 'ml_inference' serves a model and keeps no data: answer database=none "
+            "(its default)."
+        )
     if answers["database"] == "none" and scenario in SCENARIOS_WITH_ITEMS:
         found.append(
             f"scenario {scenario!r} stores its /items resource in a database: "

@@ -8,7 +8,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,10 @@ class Project:
     path: Path
     scenario: str
     venv: Path
+
+    @property
+    def has_database(self) -> bool:
+        return (self.path / "alembic.ini").exists()
 
     @property
     def env(self) -> dict[str, str]:
@@ -112,7 +116,6 @@ class Project:
         finally:
             server.stop()
 
-
     @contextmanager
     def celery_worker(self, **env: str) -> Iterator["CeleryWorker"]:
         """`make worker`'s Celery worker in a process group of its own, stopped on exit."""
@@ -121,7 +124,11 @@ class Project:
         with log.open("w") as output:
             process = subprocess.Popen(
                 [
-                    *(str(self.venv / "bin" / "celery"), "--app", f"{self.path.name}.jobs.celery_app"),
+                    *(
+                        str(self.venv / "bin" / "celery"),
+                        "--app",
+                        f"{self.path.name}.jobs.celery_app",
+                    ),
                     *("worker", "--loglevel", "INFO", "--hostname", f"{log.stem}@%h"),
                 ],
                 cwd=self.path,
@@ -158,10 +165,8 @@ class CeleryWorker:
 
     def kill(self) -> None:
         """SIGKILL the whole worker, its pool processes included: nothing gets to clean up."""
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait()
 
 

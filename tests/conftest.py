@@ -17,15 +17,27 @@ from .baked import BAKED_VENV, TEMPLATE, Project
 
 # use_celery is left to its default, which follows the scenario (yes for batch).
 DEFAULTS = {"database": "postgresql", "kubernetes": "no"}
-SCENARIOS = ("public_api", "microservice", "batch")
-# Answers whose bake depends on every package any supported bake depends on.
-EVERY_DEPENDENCY = {"scenario": "public_api", "use_celery": "yes"}
+SCENARIOS = ("public_api", "microservice", "ml_inference", "batch")
+# Answers a scenario needs that differ from DEFAULTS.
+SCENARIO_ANSWERS = {"ml_inference": {"database": "none"}}
+# Bakes that, together, depend on every package any supported bake depends on.
+EVERY_DEPENDENCY = (
+    {**DEFAULTS, "scenario": "public_api", "use_celery": "yes"},
+    {**DEFAULTS, **SCENARIO_ANSWERS["ml_inference"], "scenario": "ml_inference"},
+)
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Lines the run prints at its end: figures a reader of CI's log wants to see.
 SUMMARY: list[str] = []
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+
+
+def answers_for(scenario: str) -> dict[str, str]:
+    return {**DEFAULTS, "scenario": scenario, **SCENARIO_ANSWERS.get(scenario, {})}
+
+
+SCENARIOS_WITH_DATABASE = tuple(s for s in SCENARIOS if answers_for(s)["database"] != "none")
 
 
 def supported_combinations() -> list[dict[str, str]]:
@@ -36,14 +48,13 @@ def supported_combinations() -> list[dict[str, str]]:
     """
     return [
         {
-            **DEFAULTS,
-            "scenario": scenario,
+            **answers_for(scenario),
             "python_version": version,
             "kubernetes": "yes" if version == PYTHON_VERSIONS[-1] else "no",
         }
         for scenario in SCENARIOS
         for version in PYTHON_VERSIONS
-    ] + [{**DEFAULTS, **EVERY_DEPENDENCY, "python_version": "3.11"}]
+    ] + [{**EVERY_DEPENDENCY[0], "python_version": "3.11"}]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -100,20 +111,23 @@ def baked_venv() -> Path:
 @pytest.fixture(scope="session")
 def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
     """The shared environment, with every generated service's dependencies installed."""
-    answers = {**DEFAULTS, **EVERY_DEPENDENCY}
-    result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
-    assert result.exit_code == 0, result.exception
-    Project(Path(result.project_path), answers["scenario"], baked_venv).make("install")
+    for answers in EVERY_DEPENDENCY:
+        result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
+        assert result.exit_code == 0, result.exception
+        Project(Path(result.project_path), answers["scenario"], baked_venv).make("install")
     return baked_venv
 
 
 @pytest.fixture(scope="session", params=SCENARIOS)
 def project(request: pytest.FixtureRequest, cookies_session: object, baked_venv: Path) -> Project:
-    """A project baked with the scenario's defaults and installed with its own `make install`."""
+    """A project baked with the scenario's defaults and installed with its own `make install`
+    (and, for ml_inference, its model built with `make model`)."""
     result = cookies_session.bake(  # type: ignore[attr-defined]
-        template=str(TEMPLATE), extra_context={**DEFAULTS, "scenario": request.param}
+        template=str(TEMPLATE), extra_context=answers_for(request.param)
     )
     assert result.exit_code == 0, result.exception
     baked = Project(Path(result.project_path), scenario=request.param, venv=baked_venv)
     baked.make("install")
+    if request.param == "ml_inference":
+        baked.make("model")
     return baked

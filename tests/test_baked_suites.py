@@ -1,6 +1,11 @@
-"""Each baked project's own test suite passes, on SQLite and on PostgreSQL."""
+"""Each baked project's own test suite passes, on SQLite and, with a database, on PostgreSQL."""
+
+import pytest
 
 from .baked import Project
+from .conftest import SCENARIOS_WITH_DATABASE
+
+on_a_database = pytest.mark.parametrize("project", SCENARIOS_WITH_DATABASE, indirect=True)
 
 
 def test_suite_passes_on_sqlite(project: Project) -> None:
@@ -10,6 +15,7 @@ def test_suite_passes_on_sqlite(project: Project) -> None:
     assert " failed" not in result.stdout
 
 
+@on_a_database
 def test_suite_passes_on_postgresql(project: Project, postgres_url: str) -> None:
     result = project.make("test", DATABASE_URL=postgres_url)
 
@@ -17,6 +23,7 @@ def test_suite_passes_on_postgresql(project: Project, postgres_url: str) -> None
     assert " failed" not in result.stdout
 
 
+@on_a_database
 def test_migrations_run_down_and_up_again_on_postgresql(
     project: Project, postgres_url: str
 ) -> None:

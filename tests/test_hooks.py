@@ -42,6 +42,11 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=_2fast"], "project_slug '_2fast' gives the deployment name '2fast'"),
         (["project_slug=" + "a" * 64], f"project_slug '{'a' * 64}' gives the deployment name"),
         (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
+        (
+            ["scenario=ml_inference", "database=postgresql"],
+            "scenario 'ml_inference' serves a model and keeps no data: answer database=none",
+        ),
+        (["project_slug=sklearn"], "project_slug 'sklearn' would hide the sklearn package"),
     ],
 )
 def test_bad_answer_is_refused_with_its_message_and_nothing_written(
@@ -79,9 +84,33 @@ def test_good_answers_bake_and_print_the_next_steps(tmp_path: Path) -> None:
     assert "make run" in result.stdout
 
 
+def test_ml_inference_defaults_to_no_database(tmp_path: Path) -> None:
+    result = bake(tmp_path, "scenario=ml_inference")
+
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "my_service"
+    assert (project / "src" / "my_service" / "inference").is_dir()
+    assert not (project / "src" / "my_service" / "db.py").exists()
+    assert not (project / "alembic.ini").exists()
+    assert "make run     # install, train the model and serve" in result.stdout
+
+
 def test_batch_asks_for_celery_by_default(tmp_path: Path) -> None:
     result = bake(tmp_path, "scenario=batch")
 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "my_service" / "src" / "my_service" / "jobs" / "celery_app.py").is_file()
     assert "make worker" in result.stdout
+
+
+def test_the_templates_own_code_is_lint_clean() -> None:
+    own_code = ["hooks", "tests", "bench", "dev.py"]
+    for command in (["check", *own_code], ["format", "--check", *own_code]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command],
+            cwd=TEMPLATE,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -1,10 +1,12 @@
-"""Schemathesis, against each scenario's OpenAPI schema, on Gunicorn and PostgreSQL, finds
-no 5xx and no response that breaks the schema."""
+"""Schemathesis, against each scenario's OpenAPI schema, on Gunicorn (and PostgreSQL, for a
+scenario with a database), finds no 5xx and no response that breaks the schema."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from .baked import Project
 from .conftest import SUMMARY
@@ -16,8 +18,12 @@ CHECKS = ["--checks", "all", "--exclude-checks", "allow_header_conformance"]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
-def test_schemathesis_finds_no_failure(project: Project, postgres_url: str, tmp_path: Path) -> None:
-    database = project.database(postgres_url)
+def test_schemathesis_finds_no_failure(
+    project: Project, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    database = (
+        project.database(request.getfixturevalue("postgres_url")) if project.has_database else {}
+    )
 
     with project.serve(workers=2, **database) as server:
         result = subprocess.run(

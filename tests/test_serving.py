@@ -9,7 +9,10 @@ import httpx
 import pytest
 
 from .baked import Project, Server
+from .conftest import SCENARIOS_WITH_DATABASE
 from .tcp_proxy import TcpProxy
+
+on_a_database = pytest.mark.parametrize("project", SCENARIOS_WITH_DATABASE, indirect=True)
 
 
 def pids_per_path(server: Server) -> dict[str, set[int]]:
@@ -51,6 +54,7 @@ def submit_job(project: Project, server: Server) -> str:
 CREATE_RESOURCE = {"public_api": create_item, "microservice": create_item, "batch": submit_job}
 
 
+@on_a_database
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_two_workers_both_serve_ready_and_the_scenario_resource(
     project: Project, database: str, request: pytest.FixtureRequest
@@ -67,6 +71,7 @@ def test_two_workers_both_serve_ready_and_the_scenario_resource(
     assert len(answered[resource]) == 2, server.log()
 
 
+@on_a_database
 def test_readiness_fails_fast_naming_the_database_and_recovers(
     project: Project, postgres_url: str
 ) -> None:

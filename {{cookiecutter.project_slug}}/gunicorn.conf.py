@@ -9,6 +9,7 @@ Overrides, by the ecosystem's usual names:
   GUNICORN_CMD_ARGS   any other Gunicorn flag; read by Gunicorn itself, after this file
 """
 
+import gc
 import json
 import os
 import shutil
@@ -19,6 +20,9 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
 from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
+{%- if cookiecutter.scenario == "ml_inference" %}
+from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, check_model_files
+{%- endif %}
 from {{ cookiecutter.project_slug }}.logs import logging_config
 from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.settings import get_settings
@@ -35,6 +39,7 @@ if settings.web_concurrency:
 else:
     workers = PROFILE.workers_for(cpus.count)
     workers_source = f"{PROFILE.workers_per_cpu} x CPUs + {PROFILE.extra_workers}"
+{%- if cookiecutter.database != "none" %}
 # Each worker sizes its database pool from its share of the service's connections.
 if settings.db_max_connections < workers:
     raise SystemExit(
@@ -42,6 +47,7 @@ if settings.db_max_connections < workers:
         f"the number of workers ({workers}): each worker needs at least one connection"
     )
 os.environ["SERVICE_WORKERS"] = str(workers)
+{%- endif %}
 default_host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
 bind = [settings.bind or f"{default_host}:{settings.port}"]
 
@@ -50,9 +56,22 @@ graceful_timeout = PROFILE.graceful_timeout
 keepalive = PROFILE.keepalive
 max_requests = PROFILE.max_requests
 max_requests_jitter = PROFILE.max_requests_jitter
-preload_app = PROFILE.preload
+preload_app = settings.preload
 forwarded_allow_ips = settings.forwarded_allow_ips
 worker_tmp_dir = PROFILE.worker_tmp_dir if os.path.isdir(PROFILE.worker_tmp_dir) else None
+
+{%- if cookiecutter.scenario == "ml_inference" %}
+
+# The model: a missing, corrupt or replaced file stops the service here, with one line.
+try:
+    model_metadata = check_model_files(settings.model_path)
+except ModelError as error:
+    raise SystemExit(f"invalid model: {error}") from None
+# Numeric libraries (OpenBLAS, OpenMP) start a thread per CPU by default; with one worker
+# per CPU that would be CPUs x CPUs threads. Set before any worker imports numpy.
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, str(PROFILE.inference.blas_threads))
+{%- endif %}
 
 # No control socket unless asked: it is one more way in, and two instances would share its path.
 control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET") is None
@@ -82,6 +101,14 @@ def on_starting(server: Arbiter) -> None:
     metrics_dir.mkdir(parents=True, exist_ok=True)
 
 
+def pre_fork(server: Arbiter, worker: Worker) -> None:
+    """With preload, the app is in the master's memory and every worker shares its pages
+    until one writes to them. Freezing moves the master's objects out of the garbage
+    collector's reach, so the workers' collections do not write to (and copy) them."""
+    if preload_app:
+        gc.freeze()
+
+
 def child_exit(server: Arbiter, worker: Worker) -> None:
     """A dead worker's gauges go; its counters stay, so totals never go backwards."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -109,6 +136,9 @@ def resolved() -> dict[str, object]:
         "max_requests": max_requests,
         "max_requests_jitter": max_requests_jitter,
         "preload": preload_app,
+{%- if cookiecutter.scenario == "ml_inference" %}
+        "model": f"{model_metadata.name} {model_metadata.version} ({settings.model_path})",
+{%- endif %}
         "forwarded_allow_ips": forwarded_allow_ips,
         "worker_tmp_dir": worker_tmp_dir,
         "control_socket": None if control_socket_disable else control_socket,

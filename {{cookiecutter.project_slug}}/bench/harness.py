@@ -63,14 +63,17 @@ def wait_until_answering(url: str, within: float = 30) -> None:
             time.sleep(0.1)
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
-    """Requests per second and the 99th percentile latency in milliseconds."""
+def wrk(url: str, seconds: int, connections: int, *options: str) -> dict[str, float]:
+    """Requests per second and the 99th percentile latency in milliseconds; `options` go to
+    wrk as they are (e.g. "--script", "post.lua"). Any answer but a 2xx is an error."""
     output = subprocess.run(
-        [wrk_path(), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        [wrk_path(), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *options, url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    if "Non-2xx" in output:
+        raise RuntimeError(f"the service answered with errors:\n{output}")
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", output)
     if rate is None or p99 is None:

@@ -1,25 +1,37 @@
-"""Tests run against a database of their own.
+"""Tests run against {% if cookiecutter.database != "none" %}a database of their own.
 
 With DATABASE_URL set to PostgreSQL they work in a fresh schema that is dropped at the
 end, so they never touch the data of the database the URL names; otherwise they use a
 SQLite file in a temporary directory. Either way the schema is built by the migrations.
+{%- else %}a model of their own, trained into a temporary directory, so they
+never depend on (or touch) the one `make model` wrote.
+{%- endif %}
 """
-
+{% if cookiecutter.database != "none" %}
 import asyncio
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+{%- else %}
+from collections.abc import AsyncIterator
+{%- endif %}
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+{%- if cookiecutter.database != "none" %}
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.project_slug }}.db import Base
+{%- endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+
+from {{ cookiecutter.project_slug }}.inference import train
+{%- endif %}
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 
@@ -30,7 +42,7 @@ PROJECT_ROOT = Path(__file__).parent.parent
 def anyio_backend() -> str:
     return "asyncio"
 
-
+{% if cookiecutter.database != "none" %}
 @pytest.fixture(scope="session")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """DATABASE_URL and DATABASE_SCHEMA of a migrated, empty test database."""
@@ -65,10 +77,22 @@ async def _execute(url: str, statement: str) -> None:
     async with engine.begin() as connection:
         await connection.execute(text(statement))
     await engine.dispose()
-
+{% endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model `make model` trains, written to a directory of the tests' own."""
+    path = tmp_path_factory.mktemp("model") / "model.joblib"
+    train.save(*train.train(), path)
+    return path
+{% endif %}
 
 @pytest.fixture
+{%- if cookiecutter.database != "none" %}
 def settings(database: dict[str, str]{% if cookiecutter.use_celery == "yes" %}, tmp_path: Path{% endif %}) -> Settings:
+{%- else %}
+def settings(model_path: Path) -> Settings:
+{%- endif %}
     # Everything a test relies on is set here, whatever the caller's environment says.
     return Settings(
         _env_file=None,
@@ -76,11 +100,17 @@ def settings(database: dict[str, str]{% if cookiecutter.use_celery == "yes" %}, 
         docs_enabled=None,
         allowed_hosts=["*"],
         cors_origins=[],
+{%- if cookiecutter.database != "none" %}
         database_url=database["DATABASE_URL"],
         database_schema=database.get("DATABASE_SCHEMA"),
+{%- endif %}
 {%- if cookiecutter.use_celery == "yes" %}
         # Jobs are queued in a broker of the test's own; no worker takes them here.
         celery_broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
+{%- endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+        model_path=model_path,
+        preload=True,
 {%- endif %}
     )
 
@@ -96,7 +126,9 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
+{%- if cookiecutter.database != "none" %}
         async with app.state.sessions() as session:
             for table in reversed(Base.metadata.sorted_tables):
                 await session.execute(table.delete())
             await session.commit()
+{%- endif %}

@@ -84,11 +84,20 @@ def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> Non
             "invalid configuration: LOG_LEVEL: Input should be 'debug', 'info', 'warning', "
             "'error' or 'critical'",
         ),
+{%- if cookiecutter.database != "none" %}
         (
             {"WEB_CONCURRENCY": "4", "DB_MAX_CONNECTIONS": "3"},
             "invalid configuration: DB_MAX_CONNECTIONS (3) is below the number of workers (4): "
             "each worker needs at least one connection",
         ),
+{%- endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+        (
+            {"MODEL_PATH": "nowhere/model.joblib"},
+            "invalid model: nowhere/model.json (the model's metadata) does not exist: "
+            "run `make model` to build it",
+        ),
+{%- endif %}
         (
             {"PORT": "0"},
             "invalid configuration: PORT: Input should be greater than or equal to 1",

@@ -1,13 +1,15 @@
-"""Liveness answers while the process serves; readiness answers for the database."""
-
+"""Liveness answers while the process serves; readiness answers for its dependencies."""
+{% if cookiecutter.database != "none" %}
 import time
-
+{% endif %}
 import httpx
 import pytest
+{%- if cookiecutter.database != "none" %}
 from fastapi import FastAPI
 
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
+{%- endif %}
 
 pytestmark = pytest.mark.anyio
 
@@ -17,6 +19,8 @@ async def test_live_answers_200(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200
     assert response.json() == {"status": "alive"}
+
+{%- if cookiecutter.database != "none" %}
 
 
 async def test_ready_answers_200_when_the_database_answers(client: httpx.AsyncClient) -> None:
@@ -44,3 +48,4 @@ async def test_unreachable_database_makes_ready_503_naming_it_but_live_stays_200
     assert list(ready.json()["failed"]) == ["database"]
     assert elapsed < 5, "readiness must answer fast, never hang"
     assert live.status_code == 200
+{%- endif %}

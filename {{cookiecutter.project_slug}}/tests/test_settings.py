@@ -27,6 +27,7 @@ def test_production_refuses_to_start_with_the_default_secret(
     assert "\n" not in str(refusal.value)
 
 
+{% if cookiecutter.database != "none" -%}
 def test_a_sync_database_url_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/app")
     get_settings.cache_clear()
@@ -39,6 +40,7 @@ def test_a_sync_database_url_is_refused_with_the_fix(monkeypatch: pytest.MonkeyP
     assert "postgresql+asyncpg://" in str(refusal.value)
 
 
+{% endif -%}
 @pytest.mark.parametrize(
     ("overrides", "docs_status"),
     [({}, 200), (PRODUCTION, 404), ({**PRODUCTION, "docs_enabled": True}, 200)],

@@ -7,7 +7,9 @@ from fastapi import Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+{%- if cookiecutter.database != "none" %}
 from sqlalchemy import exc as sa
+{%- endif %}
 
 
 class Problem(BaseModel):
@@ -44,6 +46,8 @@ async def validation_failed(_request: Request, error: RequestValidationError) ->
     body = json.dumps({"detail": jsonable_encoder(error.errors())}, ensure_ascii=True)
     return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
+{%- if cookiecutter.database != "none" %}
+
 
 # What a request meets when the database is down, restarting or out of connections.
 DATABASE_UNAVAILABLE = (OSError, sa.OperationalError, sa.InterfaceError, sa.TimeoutError)
@@ -58,3 +62,4 @@ async def database_unavailable(_request: Request, _error: Exception) -> Response
         headers={"retry-after": "1"},
         media_type="application/json",
     )
+{%- endif %}

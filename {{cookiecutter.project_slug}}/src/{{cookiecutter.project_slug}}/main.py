@@ -2,14 +2,23 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+{%- if cookiecutter.database != "none" %}
 from functools import partial
+{%- endif %}
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+{%- if cookiecutter.database != "none" %}
 from sqlalchemy.ext.asyncio import async_sessionmaker
+{%- endif %}
 from starlette.middleware.cors import CORSMiddleware
 
-from . import blocking, db, errors, health, metrics
+from . import blocking, {% if cookiecutter.database != "none" %}db, {% endif %}errors, health, metrics
+{%- if cookiecutter.scenario == "ml_inference" %}
+from .inference.metadata import ModelError, read_metadata
+from .inference.model import ModelSlot, load_model
+from .inference.router import create_router
+{%- endif %}
 {%- if cookiecutter.scenario in ["public_api", "microservice"] %}
 from .items.router import router as items_router
 {%- endif %}
@@ -24,8 +33,11 @@ from .settings import Settings, get_settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+{%- if cookiecutter.database != "none" %}
     # Created here, after Gunicorn forked this worker: connections never cross processes.
+{%- endif %}
     blocking.limit_threads(PROFILE.thread_pool_size)
+{%- if cookiecutter.database != "none" %}
     engine = db.create_engine(app.state.settings)
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
 {%- if cookiecutter.use_celery == "yes" %}
@@ -46,6 +58,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         celery.close()
 {%- endif %}
         await engine.dispose()
+{%- endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+    model: ModelSlot = app.state.model
+    model.start_loading()  # unless the Gunicorn master loaded it before forking this worker
+    app.state.readiness_checks = {"model": model.ready}
+    try:
+        yield
+    finally:
+        model.stop_loading()
+{%- endif %}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,7 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         exception_handlers={
             RequestValidationError: errors.validation_failed,
+{%- if cookiecutter.database != "none" %}
             **dict.fromkeys(errors.DATABASE_UNAVAILABLE, errors.database_unavailable),
+{%- endif %}
         },
         max_body_size=settings.max_body_size,
         docs_url="/docs" if docs else None,
@@ -65,6 +89,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
+{%- if cookiecutter.scenario == "ml_inference" %}
+    # With preload, Gunicorn calls this factory once, in its master, before it forks: the
+    # model loaded here is in every worker from its first instruction, its pages shared.
+    # Without, each worker loads its own copy as it starts (the lifespan).
+    try:
+        preloaded = load_model(settings.model_path) if settings.preload else None
+    except ModelError as error:
+        raise SystemExit(f"invalid model: {error}") from None
+    app.state.model = ModelSlot(settings.model_path, preloaded)
+    metadata = preloaded.metadata if preloaded else read_metadata(settings.model_path)
+{%- endif %}
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -78,6 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestObserver)
     app.include_router(health.router)
     app.include_router(metrics.router)
+{%- if cookiecutter.scenario == "ml_inference" %}
+    app.include_router(create_router(metadata, PROFILE.inference))
+{%- endif %}
 {%- if cookiecutter.scenario in ["public_api", "microservice"] %}
     app.include_router(items_router)
 {%- endif %}

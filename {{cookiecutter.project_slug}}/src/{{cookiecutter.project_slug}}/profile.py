@@ -1,7 +1,7 @@
 """The scenario profile: every process-model knob of this service, as data.
 
 `profile.toml` beside this module holds the values; `gunicorn.conf.py`, the app{% if cookiecutter.use_celery == "yes" %}, Celery{% endif %} and the
-database layer all read them from `PROFILE`. Environment variables that operators expect
+rest of the service read them from `PROFILE`. Environment variables that operators expect
 (`WEB_CONCURRENCY`, `GUNICORN_CMD_ARGS`, ...) still override them at run time.
 """
 
@@ -9,7 +9,7 @@ import math
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, {% if cookiecutter.scenario == "ml_inference" %}PositiveFloat, {% endif %}PositiveInt
 
 {% if cookiecutter.use_celery == "yes" %}
 class CeleryProfile(BaseModel):
@@ -32,6 +32,17 @@ class CeleryProfile(BaseModel):
         return self.processes_per_cpu * cpus
 
 {% endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+class InferenceProfile(BaseModel):
+    """The `[inference]` table: how much one request may ask of the model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_batch_size: PositiveInt
+    max_feature_magnitude: PositiveFloat
+    blas_threads: PositiveInt
+
+{% endif %}
 class Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -46,9 +57,14 @@ class Profile(BaseModel):
     worker_tmp_dir: str
     forwarded_allow_ips: str
     thread_pool_size: PositiveInt
+{%- if cookiecutter.database != "none" %}
     db_max_connections: PositiveInt
+{%- endif %}
 {%- if cookiecutter.use_celery == "yes" %}
     celery: CeleryProfile
+{%- endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+    inference: InferenceProfile
 {%- endif %}
 
     def workers_for(self, cpus: int) -> int:

@@ -1,6 +1,9 @@
 """Run-time settings, read once from the environment (and `.env` when present)."""
 
 from functools import lru_cache
+{%- if cookiecutter.scenario == "ml_inference" %}
+from pathlib import Path
+{%- endif %}
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -22,7 +25,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     secret_key: SecretStr = SecretStr(DEVELOPMENT_SECRET)
-
+{% if cookiecutter.database != "none" %}
     database_url: str = "sqlite+aiosqlite:///./var/app.db"
     # PostgreSQL schema to work in (search_path); the server's default when unset.
     database_schema: str | None = None
@@ -30,6 +33,11 @@ class Settings(BaseSettings):
     db_max_connections: int = Field(default=PROFILE.db_max_connections, ge=1)
     # Set by gunicorn.conf.py for its workers, so each knows its share of the budget.
     service_workers: int = Field(default=1, ge=1)
+{%- endif %}
+{%- if cookiecutter.scenario == "ml_inference" %}
+    # The model file `make model` writes; its metadata is beside it, with a .json suffix.
+    model_path: Path = Path("models/model.joblib")
+{%- endif %}
     # Seconds /health/ready waits for each dependency before calling it unavailable.
     readiness_timeout: float = Field(default=1.0, gt=0)
 
@@ -55,6 +63,8 @@ class Settings(BaseSettings):
 
     # Read by gunicorn.conf.py; validated here so a typo stops the start with one line.
     web_concurrency: int | None = Field(default=None, ge=1)
+    # Load the app in the Gunicorn master before forking the workers.
+    preload: bool = PROFILE.preload
     port: int = Field(default=8000, ge=1, le=65535)
     bind: str | None = None
     forwarded_allow_ips: str = PROFILE.forwarded_allow_ips
@@ -78,7 +88,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
+{% if cookiecutter.database != "none" %}
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, url: str) -> str:
@@ -88,8 +98,8 @@ class Settings(BaseSettings):
                 "(the service talks to its database asynchronously)"
             )
         return url
+{% endif %}
 {%- if cookiecutter.use_celery == "yes" %}
-
     @field_validator("celery_broker_url")
     @classmethod
     def _known_broker(cls, url: str) -> str:
@@ -107,8 +117,7 @@ class Settings(BaseSettings):
                 "or a job still running would be handed to a second worker"
             )
         return self
-{%- endif %}
-
+{% endif %}
     @model_validator(mode="after")
     def _production_is_locked_down(self) -> Self:
         if self.environment == "production" and (
@@ -116,11 +125,11 @@ class Settings(BaseSettings):
         ):
             raise ValueError("SECRET_KEY must be set to a secret of your own in production")
         return self
-
+{% if cookiecutter.database != "none" %}
     @property
     def connections_per_worker(self) -> int:
         return self.db_max_connections // self.service_workers
-
+{% endif %}
     @property
     def show_docs(self) -> bool:
         if self.docs_enabled is None:

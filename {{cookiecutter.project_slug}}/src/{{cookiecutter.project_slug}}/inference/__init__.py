@@ -1,0 +1,1 @@
+"""The model this service serves: its files, loading, and the /predict and /model routes."""
