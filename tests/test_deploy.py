@@ -182,6 +182,8 @@ def test_image_runs_gunicorn_as_pid_1_unprivileged_without_build_tools(baked: Ba
     assert any(line.startswith("HEALTHCHECK") for line in final_stage)
     assert "/health/live" in baked.read("Dockerfile")
     assert not [line for line in final_stage if re.search(r"\b(uv|gcc|build-essential)\b", line)]
+    if baked.answers["scenario"] == "ml_inference":  # the model is trained in the build stage
+        assert "COPY --from=build /build/models ./models" in final_stage
 
 
 # Compose --------------------------------------------------------------------------------

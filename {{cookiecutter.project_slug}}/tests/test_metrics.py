@@ -13,7 +13,7 @@ pytestmark = pytest.mark.anyio
 
 
 def in_progress() -> float:
-    return REGISTRY.get_sample_value("http_requests_in_progress") or 0.0
+    return REGISTRY.get_sample_value("http_requests_in_progress", {"method": "GET"}) or 0.0
 
 
 async def test_a_request_is_in_progress_until_it_is_answered() -> None:

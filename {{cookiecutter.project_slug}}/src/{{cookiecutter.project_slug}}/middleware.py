@@ -43,7 +43,8 @@ class RequestObserver:
                 REQUESTS.labels(scope["method"], _route(scope), status).inc()
             await send(message)
 
-        IN_PROGRESS.inc()
+        in_progress = IN_PROGRESS.labels(scope["method"])
+        in_progress.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
@@ -51,7 +52,7 @@ class RequestObserver:
                 REQUESTS.labels(scope["method"], _route(scope), status).inc()
             raise
         finally:
-            IN_PROGRESS.dec()
+            in_progress.dec()
             elapsed = time.perf_counter() - started
             route = _route(scope)
             DURATION.labels(scope["method"], route).observe(elapsed)
