@@ -4,8 +4,9 @@ Serves /health/live from the full app and from the bare one (the same service wi
 middleware taken off) under the same Gunicorn configuration, alternating rounds so that
 both see the same machine noise, and prints the median requests per second and p99 of
 each as a Markdown table, then their ratio. The full app logs every request at `info`, as
-in production (to /dev/null here). With two CPUs or more, Gunicorn is pinned to the last
-one and wrk to the others (`harness.split_cpus`). Needs wrk (`apt-get install wrk`).
+in production (to /dev/null here); neither recycles its workers during the run. With two
+CPUs or more, Gunicorn is pinned to the last one and wrk to the others
+(`harness.split_cpus`). Needs wrk (`apt-get install wrk`).
 """
 
 import os
@@ -20,7 +21,9 @@ SERVER_CPUS, LOAD_CPUS = split_cpus()
 
 
 def measure(app: str) -> dict[str, float]:
-    with gunicorn(app, cpus=SERVER_CPUS, LOG_LEVEL="info") as url:
+    # Without worker recycling: at bench rates a worker reaches max_requests within seconds,
+    # and the pause until its successor has booted would swamp what the middleware costs.
+    with gunicorn(app, "--max-requests", "0", cpus=SERVER_CPUS, LOG_LEVEL="info") as url:
         return wrk(f"{url}/health/live", SECONDS, CONNECTIONS, cpus=LOAD_CPUS)
 
 
