@@ -22,6 +22,9 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "inference": {"scenario": {"ml_inference"}},
     Path("tests/test_inference.py"): {"scenario": {"ml_inference"}},
     Path("bench/inference.py"): {"scenario": {"ml_inference"}},
+    PACKAGE / "rooms": {"scenario": {"websocket"}},
+    Path("tests/test_rooms.py"): {"scenario": {"websocket"}},
+    Path("bench/fanout.py"): {"scenario": {"websocket"}},
     PACKAGE / "db.py": {"database": {"postgresql"}},
     Path("migrations"): {"database": {"postgresql"}},
     Path("alembic.ini"): {"database": {"postgresql"}},
@@ -49,7 +52,10 @@ def choose_profile() -> None:
     shutil.rmtree(profiles)
 
 
-SERVE = {"ml_inference": "install, train the model and serve"}
+SERVE = {
+    "ml_inference": "install, train the model and serve",
+    "websocket": "install and serve",
+}
 ON_POSTGRESQL = "; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL"
 NEXT_STEPS = f"""
 {SLUG} is ready ({ANSWERS["scenario"]}).
