@@ -52,23 +52,27 @@ def choose_profile() -> None:
     shutil.rmtree(profiles)
 
 
-SERVE = {
-    "ml_inference": "install, train the model and serve",
-    "websocket": "install and serve",
-}
-ON_POSTGRESQL = "; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL"
-NEXT_STEPS = f"""
-{SLUG} is ready ({ANSWERS["scenario"]}).
+def next_steps() -> str:
+    serve = {
+        "ml_inference": "install, train the model and serve",
+        "websocket": "install and serve",
+    }.get(ANSWERS["scenario"], "install, migrate and serve")
+    test = "  make test    # its test suite"
+    if ANSWERS["database"] != "none":
+        test += "; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL"
+    lines = [
+        f"{SLUG} is ready ({ANSWERS['scenario']}).",
+        "",
+        f"  cd {SLUG}",
+        f"  make run     # {serve} under Gunicorn on http://127.0.0.1:8000",
+        test,
+    ]
+    if ANSWERS["use_celery"] == "yes":
+        lines.append("  make worker  # a Celery worker alone (make run starts one beside Gunicorn)")
+    return "\n".join(["", *lines, ""])
 
-  cd {SLUG}
-  make run     # {SERVE.get(ANSWERS["scenario"], "install, migrate and serve")} under Gunicorn on http://127.0.0.1:8000
-  make test    # its test suite{ON_POSTGRESQL if ANSWERS["database"] == "postgresql" else ""}
-"""
-if ANSWERS["use_celery"] == "yes":
-    NEXT_STEPS += """  make worker  # a Celery worker alone, for CELERY_BROKER_URL (make run starts one too)
-"""
 
 if __name__ == "__main__":
     choose_profile()
     prune()
-    print(NEXT_STEPS)
+    print(next_steps())

@@ -121,3 +121,16 @@ def test_batch_asks_for_celery_by_default(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "my_service" / "src" / "my_service" / "jobs" / "celery_app.py").is_file()
     assert "make worker" in result.stdout
+
+
+def test_the_templates_own_code_is_lint_clean() -> None:
+    own_code = ["hooks", "tests", "bench", "dev.py"]
+    for command in (["check", *own_code], ["format", "--check", *own_code]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command],
+            cwd=TEMPLATE,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -73,6 +73,11 @@ def test_p95_is_the_nearest_rank() -> None:
         (b"group,value\n ,1\n", "line 2: the group is empty"),
         (b"group,value\na,1e308\na,1e308\n", "the values are too large to sum"),
         (b'group,value\na,"1\n', "line 2: unexpected end of data"),
+        (b"group,value\n" + b"g" * 101 + b",1\n", "line 2: a group name is over 100 characters"),
+        (
+            b"group,value\n" + b"".join(b"g%d,1\n" % n for n in range(10_001)),
+            "line 10002: more than 10000 groups",
+        ),
     ],
 )
 def test_bad_rows_fail_the_job_with_a_message(data: bytes, message: str) -> None:

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from _csv import Reader
 
 REQUIRED_COLUMNS = ("group", "value")
+# Bounds on the answer's size: it is stored in the job's row and sent to every poll.
+MAX_GROUPS = 10_000
+MAX_GROUP_LENGTH = 100
 
 
 class CsvProblem(ValueError):
@@ -47,6 +50,10 @@ def aggregate(data: bytes) -> dict[str, Any]:
             group = row[group_at].strip()
             if not group:
                 raise CsvProblem(f"line {line}: the group is empty")
+            if len(group) > MAX_GROUP_LENGTH:
+                raise CsvProblem(f"line {line}: a group name is over {MAX_GROUP_LENGTH} characters")
+            if group not in values and len(values) == MAX_GROUPS:
+                raise CsvProblem(f"line {line}: more than {MAX_GROUPS} groups")
             values[group].append(_number(row[value_at], line))
     except csv.Error as error:
         raise CsvProblem(f"line {rows.line_num}: {error}") from None
