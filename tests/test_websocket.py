@@ -4,6 +4,7 @@ without hurting the rest of the room."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -63,18 +64,39 @@ def close_code(client: ClientConnection) -> int | None:
 def clients_on_every_worker(
     server: Server, room: str, count: int, stack: ExitStack
 ) -> list[tuple[ClientConnection, dict[str, Any]]]:
-    """At least `count` clients in the room, opening new connections until each of the two
-    workers holds two; each with its hello, which names its worker."""
+    """At least `count` clients in the room, two or more on each of the two workers; each
+    with its hello, which names its worker. New connections go to whichever worker takes
+    them first: a surplus one on a worker that already has its share is closed again."""
     url = server.url.replace("http://", "ws://")
-    workers = server.wait_for_workers(lambda pids: len(pids) == 2)
+    workers = started_workers(server, 2)
     clients: list[tuple[ClientConnection, dict[str, Any]]] = []
-    while len(clients) < 64:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         client = stack.enter_context(connect(f"{url}/ws/{room}", open_timeout=WAIT))
-        clients.append((client, receive(client)))
+        hello = receive(client)
         held = Counter(hello["worker"] for _, hello in clients)
+        if len(clients) >= count and held[hello["worker"]] >= 2:
+            client.close()
+            continue
+        clients.append((client, hello))
+        held[hello["worker"]] += 1
         if len(clients) >= count and all(held[pid] >= 2 for pid in workers):
             break
     return clients
+
+
+def started_workers(server: Server, workers: int) -> set[int]:
+    """The pids of the workers that have started their app, once there are `workers`."""
+    deadline = time.monotonic() + 30
+    while True:
+        started = {
+            entry["pid"]
+            for entry in server.log_entries("uvicorn.error")
+            if entry["message"] == "Application startup complete."
+        }
+        if len(started) >= workers or time.monotonic() > deadline:
+            return started
+        time.sleep(0.05)
 
 
 def publish(server: Server, room: str, text: str) -> httpx.Response:
@@ -116,6 +138,31 @@ def test_a_message_a_client_sends_reaches_every_other_client_on_both_workers(
     assert {hello["worker"] for _, hello in others} == server.workers()
     assert {message["text"] for message in received} == {"from a client"}
     assert {message["sender"] for message in received} == {sender_hello["client"]}
+
+
+def test_metrics_count_the_clients_of_every_worker(server: Server) -> None:
+    room = room_name()
+    before = connected_clients(server, settled_at=0)  # earlier tests' clients have left
+    with ExitStack() as stack:
+        clients = clients_on_every_worker(server, room, 4, stack)
+        during = connected_clients(server, settled_at=len(clients))
+
+    assert before == 0
+    assert during == len(clients)
+
+
+def connected_clients(server: Server, settled_at: int) -> int:
+    """`websocket_clients` from /metrics, summed over the workers; read again for a while
+    if it is not yet `settled_at` (a client that just left may not be counted out yet)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        metrics = httpx.get(f"{server.url}/metrics", timeout=WAIT).text
+        found = re.search(r"^websocket_clients (\S+)$", metrics, re.MULTILINE)
+        assert found, metrics
+        count = int(float(found[1]))
+        if count == settled_at or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
 
 
 def slow_client(server: Server, room: str, stack: ExitStack) -> tuple[ClientConnection, int]:

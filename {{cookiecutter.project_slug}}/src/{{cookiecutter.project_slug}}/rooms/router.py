@@ -1,6 +1,7 @@
 """WS /ws/{room} and POST /rooms/{room}/messages."""
 
 import asyncio
+import logging
 import os
 from typing import Annotated
 
@@ -13,14 +14,14 @@ from ..settings import Settings
 from .fanout import Client, Fanout, Rooms, RoomsUnavailable
 from .schemas import HTTP_SENDER, Hello, Message, MessageIn, Problem, RoomName
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(tags=["rooms"])
 
 # Close codes (RFC 6455).
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
-# Seconds a close frame may wait behind unread messages before the connection is let go.
-CLOSE_WAIT = 5.0
 UNAVAILABLE = "the rooms are unavailable; try again shortly"
 
 
@@ -69,8 +70,15 @@ async def join(websocket: WebSocket, room: RoomName) -> None:
         return
     finally:
         rooms.leave(room, client)
+    if close_code == TRY_AGAIN_LATER:
+        logger.warning(
+            "client %s fell %d messages behind in room %s: closing it with 1013",
+            client.id,
+            settings.ws_send_queue_size,
+            room,
+        )
     if close_code is not None:
-        await _close(websocket, close_code)
+        await _close(websocket, close_code, within=settings.ws_idle_timeout)
 
 
 async def _relay(
@@ -131,11 +139,11 @@ async def _send(websocket: WebSocket, client: Client) -> None:
         await websocket.send_text(await client.outbox.get())
 
 
-async def _close(websocket: WebSocket, code: int) -> None:
+async def _close(websocket: WebSocket, code: int, within: float) -> None:
     """Close with `code`. The close frame waits behind what the client has not read yet; a
-    client that reads nothing at all is let go after CLOSE_WAIT."""
+    client that reads nothing at all is let go after `within` seconds."""
     try:
-        async with asyncio.timeout(CLOSE_WAIT):
+        async with asyncio.timeout(within):
             await websocket.close(code)
     except (TimeoutError, WebSocketDisconnect, RuntimeError):
         pass
