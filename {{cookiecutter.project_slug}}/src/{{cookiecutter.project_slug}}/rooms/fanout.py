@@ -196,8 +196,9 @@ class RedisFanout:
                 self.subscribed.clear()
                 if not lost:
                     logger.warning(
-                        "lost Redis (%r): clients stay connected, publishing answers 503, "
+                        "lost Redis (%s: %s): clients stay connected, publishing answers 503, "
                         "subscribing again until it is back",
+                        type(error).__name__,
                         error,
                     )
                 lost = True

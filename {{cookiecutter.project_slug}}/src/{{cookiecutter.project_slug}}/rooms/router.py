@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, status
 from pydantic import ValidationError
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from ..errors import documented
 from ..settings import Settings
@@ -23,6 +23,8 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 UNAVAILABLE = "the rooms are unavailable; try again shortly"
+# How a receive or send ends when the client has gone: not an error of the app.
+CLIENT_GONE = (WebSocketDisconnect, WebSocketDisconnected)
 
 
 def get_fanout(request: Request) -> Fanout:
@@ -97,7 +99,7 @@ async def _relay(
         await asyncio.gather(*tasks, return_exceptions=True)
     for task in (receiving, sending):
         error = None if task.cancelled() else task.exception()
-        if error is not None and not isinstance(error, WebSocketDisconnect):
+        if error is not None and not isinstance(error, CLIENT_GONE):
             raise error
     if client.overflowed.is_set():
         return TRY_AGAIN_LATER
