@@ -2,18 +2,21 @@
 WebSocket protocol settings, and clients that wait a bounded time for every message."""
 
 import asyncio
+import base64
 import json
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
@@ -29,10 +32,20 @@ pytestmark = pytest.mark.anyio
 WAIT = 5.0
 
 
+@dataclass
+class Served:
+    address: str
+    server: uvicorn.Server
+    app: FastAPI
+
+
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[str]:
-    """The app under Uvicorn on a free loopback port, as a worker serves it; its address."""
-    config = uvicorn.Config(create_app(settings), http="httptools", log_config=None, lifespan="on")
+async def uvicorn_serving(settings: Settings) -> AsyncIterator[Served]:
+    """The app under Uvicorn on a free loopback port, as a worker serves it."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, http="httptools", log_config=None, lifespan="on", timeout_graceful_shutdown=5
+    )
     protocol.configure(config, settings)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -42,10 +55,16 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
         while not server.started:  # noqa: ASYNC110 (Uvicorn's server has no event for it)
             await asyncio.sleep(0.01)
     try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
+        yield Served(f"127.0.0.1:{listener.getsockname()[1]}", server, app)
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[str]:
+    async with uvicorn_serving(settings) as served:
+        yield served.address
 
 
 @pytest.fixture
@@ -231,6 +250,51 @@ async def test_a_client_that_stops_answering_pings_is_closed(settings: Settings)
     assert still_open.status_code == 202
     assert heard["text"] == "are you there?"
     assert code == 1011
+
+
+async def test_a_client_that_reads_nothing_is_let_go_after_the_idle_timeout(
+    settings: Settings,
+) -> None:
+    # A queue longer than the backlog: the app never drops this client itself.
+    quick = settings.model_copy(
+        update={"ws_heartbeat_interval": 0.2, "ws_idle_timeout": 0.6, "ws_send_queue_size": 1000}
+    )
+    async with uvicorn_serving(quick) as served:
+        deaf = await deaf_client(served.address, "lobby")
+        # 7 MB at once: more than the kernel's socket buffers hold (4 MB at most here), so
+        # the server's own write buffer stays full.
+        for _ in range(120):
+            await served.app.state.fanout.publish("lobby", "x" * 60_000)
+        async with asyncio.timeout(WAIT):
+            while websockets_open(served.server):  # noqa: ASYNC110 (a count, not an event)
+                await asyncio.sleep(0.05)
+        deaf.close()
+
+
+async def deaf_client(address: str, room: str) -> asyncio.StreamWriter:
+    """A WebSocket client that completes its handshake and then reads nothing, ever."""
+    host, port = address.split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /ws/{room} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    writer.write(request.encode())
+    async with asyncio.timeout(WAIT):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    return writer
+
+
+def websockets_open(server: uvicorn.Server) -> int:
+    return sum(
+        isinstance(connection, protocol.RoomsWebSocketProtocol)
+        for connection in server.server_state.connections
+    )
 
 
 async def test_without_redis_unreachable_publishing_is_503_and_clients_stay(
