@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 TOOLS = ROOT / ".venv"
 SCRATCH = ROOT / ".scratch"
+# Tools from Debian's packages, unpacked here rather than installed (see debian_tools).
+DEBIAN_TOOLS = ROOT / ".cache" / "debian-tools"
 
 
 def run(*command: str | Path, cwd: Path = ROOT) -> None:
@@ -31,6 +33,37 @@ def tools() -> Path:
         run(TOOLS / "bin" / "python", "-m", "pip", "install", "--quiet", "uv")
     run(uv, "pip", "install", "--quiet", "--python", TOOLS / "bin" / "python", "--group", "dev")
     return TOOLS / "bin"
+
+
+def debian_tools() -> Path:
+    """promtool, which checks the generated Prometheus rules, from Debian's prometheus package.
+
+    PyPI has no promtool. The package is downloaded and only its promtool is unpacked:
+    installing it would also install, and on some machines start, a Prometheus server.
+    systemd-analyze, the other tool the tests need from outside PyPI, comes with systemd.
+    Where apt-get is missing, nothing is fetched and the tests that need promtool say so.
+    """
+    bin_dir = DEBIAN_TOOLS / "usr" / "bin"
+    if (bin_dir / "promtool").exists() or shutil.which("apt-get") is None:
+        return bin_dir
+    downloads = DEBIAN_TOOLS / "downloads"
+    shutil.rmtree(downloads, ignore_errors=True)
+    downloads.mkdir(parents=True)
+    fetch = subprocess.run(["apt-get", "download", "prometheus"], cwd=downloads, check=False)
+    if fetch.returncode != 0:  # no package lists yet on a fresh machine
+        run("apt-get", "update", "--quiet")
+        run("apt-get", "download", "prometheus", cwd=downloads)
+    (package,) = downloads.glob("prometheus_*.deb")
+    contents = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", package], check=True, capture_output=True
+    ).stdout
+    subprocess.run(
+        ["tar", "--extract", "--directory", DEBIAN_TOOLS, "./usr/bin/promtool"],
+        input=contents,
+        check=True,
+    )
+    shutil.rmtree(downloads)
+    return bin_dir
 
 
 def serve() -> None:
@@ -57,11 +90,11 @@ def serve() -> None:
 
 
 def test(pytest_args: list[str]) -> None:
-    bin_dir = tools()
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    path = [tools(), debian_tools(), os.environ["PATH"]]
+    env = {**os.environ, "PATH": os.pathsep.join(map(str, path))}
     sys.exit(
         subprocess.run(
-            [bin_dir / "python", "-m", "pytest", *pytest_args], cwd=ROOT, env=env
+            [TOOLS / "bin" / "python", "-m", "pytest", *pytest_args], cwd=ROOT, env=env
         ).returncode
     )
 

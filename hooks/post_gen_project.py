@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 SLUG = "{{ cookiecutter.project_slug }}"
+NAME = "{{ cookiecutter.__service_name }}"
 ANSWERS = {
     "scenario": "{{ cookiecutter.scenario }}",
     "use_celery": "{{ cookiecutter.use_celery }}",
@@ -15,7 +16,8 @@ ANSWERS = {
 }
 PACKAGE = Path("src") / SLUG
 
-# path (relative to the project) -> the answers under which it is kept
+# path (relative to the project) -> the answers under which it is kept; a file comes
+# before the folder that holds it
 MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
     Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
@@ -32,6 +34,10 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     Path("tests/test_jobs.py"): {"use_celery": {"yes"}},
     Path("examples"): {"use_celery": {"yes"}},
     Path("bench/jobs.py"): {"use_celery": {"yes"}},
+    Path(f"deploy/systemd/{NAME}-worker.service"): {"use_celery": {"yes"}},
+    Path("deploy/k8s/worker.yaml"): {"use_celery": {"yes"}},
+    Path("deploy/k8s/jobs"): {"database": {"postgresql"}},
+    Path("deploy/k8s"): {"kubernetes": {"yes"}},
 }
 
 

@@ -4,6 +4,7 @@ Each refusal is one sentence that names the bad answer and says what would work.
 """
 
 import keyword
+import re
 import sys
 
 ANSWERS = {
@@ -12,6 +13,7 @@ ANSWERS = {
     "use_celery": "{{ cookiecutter.use_celery }}",
     "database": "{{ cookiecutter.database }}",
     "kubernetes": "{{ cookiecutter.kubernetes }}",
+    "service_name": "{{ cookiecutter.__service_name }}",
 }
 
 # Cookiecutter itself refuses answers outside a choice list; these are the rules it cannot
@@ -22,6 +24,8 @@ SCENARIOS_WITHOUT_DATA = {
     "ml_inference": "serves a model",
     "websocket": "relays messages between connected clients",
 }
+# The name of the image, the Kubernetes objects and the systemd units: a DNS label (RFC 1035).
+SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 YES_NO = ("yes", "no")
 # Top-level packages a baked project imports: a project of the same name would hide them.
 DEPENDENCIES = frozenset(
@@ -81,6 +85,11 @@ def problems(answers: dict[str, str]) -> list[str]:
             f"project_slug {slug!r} would hide the {slug} package the project depends on: "
             "choose another name."
         )
+    if not found and not SERVICE_NAME.fullmatch(answers["service_name"]):
+        found.append(
+            f"project_slug {slug!r} gives the deployment name {answers['service_name']!r}, "
+            "which must start with a letter and be at most 63 characters: choose another name."
+        )
     scenario = answers["scenario"]
     for option in ("use_celery", "kubernetes"):
         if answers[option] not in YES_NO:
@@ -107,8 +116,6 @@ def problems(answers: dict[str, str]) -> list[str]:
         found.append(
             "use_celery=yes keeps its jobs in a database table: answer database=postgresql."
         )
-    if answers["kubernetes"] == "yes":
-        found.append("kubernetes=yes is not supported yet: answer kubernetes=no.")
     return found
 
 

@@ -6,6 +6,7 @@ cannot be reached fails the tests that need it instead of skipping them.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -41,9 +42,17 @@ SCENARIOS_WITH_DATABASE = tuple(s for s in SCENARIOS if answers_for(s)["database
 
 
 def supported_combinations() -> list[dict[str, str]]:
-    """Every combination of answers the template supports so far."""
+    """Every combination of answers the template supports so far.
+
+    kubernetes=yes rides on the newest Python's bake: the manifests do not depend on the
+    Python version, so every scenario is baked with and without them at no extra bake.
+    """
     return [
-        {**answers_for(scenario), "python_version": version}
+        {
+            **answers_for(scenario),
+            "python_version": version,
+            "kubernetes": "yes" if version == PYTHON_VERSIONS[-1] else "no",
+        }
         for scenario in SCENARIOS
         for version in PYTHON_VERSIONS
     ] + [{**EVERY_DEPENDENCY[0], "python_version": "3.11"}]
@@ -62,6 +71,17 @@ def require(service: str, host: str, port: int) -> None:
         if os.environ.get("REQUIRE_SERVICES") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool; like require(), a failure in CI when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (python3 dev.py test installs it where it can)"
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(scope="session")

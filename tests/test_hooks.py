@@ -39,7 +39,8 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=celery"], "project_slug 'celery' would hide the celery package"),
         (["scenario=batch", "use_celery=no"], "scenario 'batch' runs its jobs on Celery"),
         (["scenario=batch", "database=none"], "use_celery=yes keeps its jobs in a database"),
-        (["kubernetes=yes"], "kubernetes=yes is not supported yet"),
+        (["project_slug=_2fast"], "project_slug '_2fast' gives the deployment name '2fast'"),
+        (["project_slug=" + "a" * 64], f"project_slug '{'a' * 64}' gives the deployment name"),
         (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
         (
             ["scenario=ml_inference", "database=postgresql"],

@@ -14,6 +14,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -25,6 +26,15 @@ DURATION = Histogram(
     "Time from request to the end of the response.",
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+# Summed over live workers only: a dead worker's requests are no longer in progress. Labelled,
+# so that no sample (and no file in PROMETHEUS_MULTIPROC_DIR) exists before a worker answers:
+# a master that preloads the app imports this before it creates that directory.
+IN_PROGRESS = Gauge(
+    "http_requests_in_progress",
+    "HTTP requests being answered.",
+    ["method"],
+    multiprocess_mode="livesum",
 )
 
 router = APIRouter(tags=["health"])

@@ -13,7 +13,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id
-from .metrics import DURATION, REQUESTS
+from .metrics import DURATION, IN_PROGRESS, REQUESTS
 
 access_log = logging.getLogger("access")
 
@@ -43,6 +43,8 @@ class RequestObserver:
                 REQUESTS.labels(scope["method"], _route(scope), status).inc()
             await send(message)
 
+        in_progress = IN_PROGRESS.labels(scope["method"])
+        in_progress.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
@@ -50,6 +52,7 @@ class RequestObserver:
                 REQUESTS.labels(scope["method"], _route(scope), status).inc()
             raise
         finally:
+            in_progress.dec()
             elapsed = time.perf_counter() - started
             route = _route(scope)
             DURATION.labels(scope["method"], route).observe(elapsed)

@@ -1,0 +1,537 @@
+"""Every deployment artifact of every supported combination passes the real tool made for it.
+
+hadolint (Dockerfile), the compose-spec schema (compose.yaml), `systemd-analyze verify` and
+`security --offline=yes` (units), kubernetes-validate and checkov (manifests), the GitHub
+Actions workflow schema (CI), promtool (alert rules and the dashboard's queries). No
+container is built or run: these machines have no Docker engine. Beside the tools, each
+artifact is read for the promises the tools cannot see: the API starts after the
+migrations, outlasts its in-flight requests on a stop, and runs a worker per CPU it may use.
+"""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .baked import TEMPLATE, Project
+from .conftest import require_tool, supported_combinations
+
+# The oldest Kubernetes the manifests support (the preStop sleep action), and the newest
+# whose schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.31", "1.37")
+CHECKOV_OFFLINE = {"CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}
+
+
+@dataclass
+class Bake:
+    project: Project
+    answers: dict[str, str]
+
+    @property
+    def path(self) -> Path:
+        return self.project.path
+
+    @property
+    def name(self) -> str:
+        """The deployment name: the image, the Kubernetes objects, the systemd units."""
+        return self.path.name.replace("_", "-")
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return tomllib.loads((self.path / "src" / self.path.name / "profile.toml").read_text())
+
+    @property
+    def celery(self) -> bool:
+        return with_celery(self.answers)
+
+    @property
+    def database(self) -> bool:
+        return self.answers["database"] == "postgresql"
+
+    def read(self, relative: str) -> str:
+        return (self.path / relative).read_text()
+
+    def yaml(self, relative: str) -> Any:
+        return yaml.safe_load(self.read(relative))
+
+    def tool(self, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run a checking tool in the project; its output is the failure message."""
+        return self.project.run(require_tool(command[0]), *command[1:], **env)
+
+
+def ids(answers: dict[str, str]) -> str:
+    return "-".join(answers.values())
+
+
+def with_celery(answers: dict[str, str]) -> bool:
+    # use_celery defaults to yes for the batch scenario, and may be left to its default.
+    return answers.get("use_celery", "yes" if answers["scenario"] == "batch" else "no") == "yes"
+
+
+COMBINATIONS = supported_combinations()
+WITH_KUBERNETES = [answers for answers in COMBINATIONS if answers["kubernetes"] == "yes"]
+WITH_CELERY = [answers for answers in COMBINATIONS if with_celery(answers)]
+
+
+@pytest.fixture(scope="module")
+def bake(cookies_session: object, baked_venv: Path) -> Callable[[dict[str, str]], Bake]:
+    """Bake each combination once for the whole module, whichever tests ask for it."""
+    bakes: dict[str, Bake] = {}
+
+    def bake_once(answers: dict[str, str]) -> Bake:
+        if ids(answers) not in bakes:
+            result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
+            assert result.exit_code == 0, result.exception
+            project = Project(Path(result.project_path), answers["scenario"], baked_venv)
+            bakes[ids(answers)] = Bake(project, answers)
+        return bakes[ids(answers)]
+
+    return bake_once
+
+
+@pytest.fixture(params=COMBINATIONS, ids=ids)
+def baked(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Bake]) -> Bake:
+    return bake(request.param)
+
+
+@pytest.fixture(params=WITH_KUBERNETES, ids=ids)
+def kubernetes(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Bake]) -> Bake:
+    return bake(request.param)
+
+
+@pytest.fixture(params=WITH_CELERY, ids=ids)
+def celery(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Bake]) -> Bake:
+    return bake(request.param)
+
+
+def seconds(duration: str | int) -> int:
+    """A duration as compose or systemd writes it ("45s", "45"), in seconds."""
+    return int(str(duration).removesuffix("s"))
+
+
+def passed(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
+    return result.returncode, result.stdout + result.stderr
+
+
+# Docker ---------------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint_with_no_unexplained_ignore(baked: Bake) -> None:
+    result = baked.tool("hadolint", "Dockerfile")
+    lines = baked.read("Dockerfile").splitlines()
+    unexplained = [
+        line
+        for previous, line in zip(["", *lines], lines, strict=False)
+        if "hadolint ignore=" in line and not previous.startswith("#")
+    ]
+
+    assert passed(result) == (0, "")
+    assert unexplained == []
+    assert not (baked.path / ".hadolint.yaml").exists()
+
+
+def excluded_from_build_context(baked: Bake, path: str) -> bool:
+    """Docker's rule for .dockerignore: the last pattern that matches the path decides."""
+    excluded = False
+    for line in baked.read(".dockerignore").splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").rstrip("/").removeprefix("**/")
+        if any(fnmatch(part, pattern) for part in [path, *Path(path).parts]):
+            excluded = not negated
+    return excluded
+
+
+def test_build_context_holds_what_the_dockerfile_copies_and_no_secret(baked: Bake) -> None:
+    sources = [
+        source
+        for line in baked.read("Dockerfile").splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    ]
+    missing = [source for source in sources if not (baked.path / source).exists()]
+    ignored = [source for source in sources if excluded_from_build_context(baked, source)]
+    kept_out = [".env", ".venv", "var", "tests", ".git", "src/pkg/__pycache__"]
+
+    assert {"pyproject.toml", "src", "gunicorn.conf.py"} <= set(sources)
+    assert ("migrations" in sources) == baked.database
+    assert (missing, ignored) == ([], [])
+    assert [path for path in kept_out if not excluded_from_build_context(baked, path)] == []
+
+
+def test_image_runs_gunicorn_as_pid_1_unprivileged_without_build_tools(baked: Bake) -> None:
+    lines = baked.read("Dockerfile").splitlines()
+    final_stage = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    instructions = [line.split()[0] for line in final_stage if line[:1].isupper()]
+
+    assert final_stage[-1] == 'CMD ["gunicorn", "--config", "gunicorn.conf.py"]'
+    assert "ENTRYPOINT" not in instructions
+    assert "USER 10001:10001" in final_stage
+    assert any(line.startswith("HEALTHCHECK") for line in final_stage)
+    assert "/health/live" in baked.read("Dockerfile")
+    assert not [line for line in final_stage if re.search(r"\b(uv|gcc|build-essential)\b", line)]
+    if baked.answers["scenario"] == "ml_inference":  # the model is trained in the build stage
+        assert "COPY --from=build /build/models ./models" in final_stage
+
+
+# Compose --------------------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_against_the_compose_spec(baked: Bake) -> None:
+    result = baked.tool(
+        "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml"
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_api_waits_for_migrations_and_outlasts_its_requests(baked: Bake) -> None:
+    services = baked.yaml("compose.yaml")["services"]
+    api = services["api"]
+
+    assert seconds(api["stop_grace_period"]) > baked.profile["graceful_timeout"]
+    assert float(api["deploy"]["resources"]["limits"]["cpus"]) >= 1
+    if baked.database:
+        assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+        assert api["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert api["depends_on"]["postgres"] == {"condition": "service_healthy"}
+        assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    if baked.celery:
+        worker = services["worker"]
+        assert seconds(worker["stop_grace_period"]) > baked.profile["celery"]["time_limit"]
+        assert float(worker["deploy"]["resources"]["limits"]["cpus"]) >= 1
+        assert worker["depends_on"]["redis"] == {"condition": "service_healthy"}
+        assert api["depends_on"]["redis"] == {"condition": "service_healthy"}
+        assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    else:
+        assert {"worker", "redis"}.isdisjoint(services)
+
+
+def test_compose_takes_its_secrets_from_an_uncommitted_env_file(baked: Bake) -> None:
+    environment = baked.yaml("compose.yaml")["services"]["api"]["environment"]
+
+    assert environment["SECRET_KEY"].startswith("${SECRET_KEY:?")
+    assert ".env" in baked.read(".gitignore").splitlines()
+    if baked.database:
+        assert "${POSTGRES_PASSWORD:?" in environment["DATABASE_URL"]
+
+
+# systemd --------------------------------------------------------------------------------
+
+
+def units(baked: Bake) -> list[Path]:
+    return sorted((baked.path / "deploy" / "systemd").glob("*.service"))
+
+
+def service_section(unit: Path) -> dict[str, list[str]]:
+    """The [Service] settings of a unit, each with every value it is given."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for line in unit.read_text().splitlines():
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def deployed_host(baked: Bake, root: Path) -> Path:
+    """A file system root as a deployed host has it, for `systemd-analyze verify --root`.
+
+    It holds the machine's own systemd units and the units under test. verify checks that
+    the programs a unit runs exist and are executable: the machine's own are copied, and
+    those the installation puts under /opt (deploy/README.md) are empty executables.
+    """
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    for directory in ("bin", "lib", "sbin"):
+        (root / "usr" / directory).mkdir(exist_ok=True)
+        (root / directory).symlink_to(f"usr/{directory}")
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for unit in units(baked):
+        shutil.copy(unit, root / "etc/systemd/system")
+        commands = [
+            value
+            for key, values in service_section(unit).items()
+            if key.startswith("Exec")
+            for value in values
+        ]
+        for command in commands:
+            program = Path(command.split()[0].lstrip("-@:+!"))
+            target = root / program.relative_to("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if program.exists():
+                shutil.copy(program, target)
+            else:
+                target.write_text("#!/bin/sh\n")
+                target.chmod(0o755)
+    return root
+
+
+def test_systemd_units_follow_the_answers(baked: Bake) -> None:
+    names = [unit.name for unit in units(baked)]
+
+    assert names == sorted(
+        [f"{baked.name}.service"] + [f"{baked.name}-worker.service"] * baked.celery
+    )
+    assert (baked.path / "deploy" / "systemd" / f"{baked.name}.env").is_file()
+
+
+def test_systemd_units_verify_clean(baked: Bake, tmp_path: Path) -> None:
+    root = deployed_host(baked, tmp_path)
+
+    for unit in units(baked):
+        result = baked.tool("systemd-analyze", "verify", f"--root={root}", unit.name)
+        assert passed(result) == (0, ""), unit.name
+
+
+def test_systemd_units_expose_at_most_2_0(baked: Bake) -> None:
+    exposure = {}
+    for unit in units(baked):
+        result = baked.tool("systemd-analyze", "security", "--offline=yes", str(unit))
+        level = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert level, result.stdout
+        exposure[unit.name] = float(level.group(1))
+
+    assert f"{baked.name}.service" in exposure
+    assert max(exposure.values()) <= 2.0, exposure
+
+
+def test_api_unit_reloads_on_sighup_and_stops_after_its_requests(baked: Bake) -> None:
+    api = service_section(baked.path / "deploy" / "systemd" / f"{baked.name}.service")
+
+    assert api["Type"] == ["notify"]
+    assert api["ExecReload"] == ["/bin/kill -s HUP $MAINPID"]
+    assert api["KillMode"] == ["mixed"]
+    assert seconds(api["TimeoutStopSec"][0]) > baked.profile["graceful_timeout"]
+    assert api["Restart"] == ["on-failure"]
+    assert int(api["LimitNOFILE"][0]) >= 65536
+    assert api["Environment"] == [f"PROMETHEUS_MULTIPROC_DIR=/run/{baked.name}/metrics"]
+    assert api["RuntimeDirectory"] == [baked.name]
+
+
+def test_worker_unit_yields_the_cpu_to_the_api_and_lets_jobs_finish(celery: Bake) -> None:
+    api = service_section(celery.path / "deploy" / "systemd" / f"{celery.name}.service")
+    worker = service_section(celery.path / "deploy" / "systemd" / f"{celery.name}-worker.service")
+
+    assert int(worker["CPUWeight"][0]) < int(api["CPUWeight"][0])
+    assert seconds(worker["TimeoutStopSec"][0]) > celery.profile["celery"]["time_limit"]
+    assert f" --app {celery.path.name}.jobs.celery_app worker" in worker["ExecStart"][0]
+
+
+# Kubernetes -----------------------------------------------------------------------------
+
+
+def manifests(baked: Bake) -> list[Path]:
+    return sorted((baked.path / "deploy" / "k8s").rglob("*.yaml"))
+
+
+def objects(baked: Bake) -> dict[str, dict[str, Any]]:
+    """Every manifest's object, by kind and name."""
+    return {
+        f"{document['kind']}/{document['metadata']['name']}": document
+        for manifest in manifests(baked)
+        for document in yaml.safe_load_all(manifest.read_text())
+    }
+
+
+def test_kubernetes_manifests_follow_the_answers(baked: Bake) -> None:
+    found = objects(baked)
+    name = baked.name
+    expected = {
+        f"Namespace/{name}",
+        f"ConfigMap/{name}",
+        f"Deployment/{name}",
+        f"Service/{name}",
+        f"HorizontalPodAutoscaler/{name}",
+        f"PodDisruptionBudget/{name}",
+        f"NetworkPolicy/{name}",
+    }
+    expected |= {f"Job/{name}-migrate"} if baked.database else set()
+    expected |= {f"Deployment/{name}-worker"} if baked.celery else set()
+
+    assert set(found) == (expected if baked.answers["kubernetes"] == "yes" else set())
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_manifests_are_valid_against_the_schemas(kubernetes: Bake, version: str) -> None:
+    files = [str(path.relative_to(kubernetes.path)) for path in manifests(kubernetes)]
+
+    result = kubernetes.tool("kubernetes-validate", "--strict", "--quiet", "-k", version, *files)
+
+    assert passed(result) == (0, "")
+
+
+def test_kubernetes_policy_scan_fails_nothing_unexplained(kubernetes: Bake) -> None:
+    result = kubernetes.tool(
+        "checkov",
+        "--skip-download",
+        "--compact",
+        "--framework",
+        "kubernetes",
+        "--output",
+        "json",
+        "--directory",
+        "deploy/k8s",
+        **CHECKOV_OFFLINE,
+    )
+    report = json.loads(result.stdout)["results"]
+    scanned = {check["file_path"] for check in report["passed_checks"]}
+    with_pods = {
+        f"/{path.relative_to(kubernetes.path)}"
+        for path in manifests(kubernetes)
+        if "template:" in path.read_text()
+    }
+
+    assert [check["check_id"] for check in report["failed_checks"]] == []
+    assert report["parsing_errors"] == []
+    assert with_pods <= scanned
+    assert all(check["check_result"]["suppress_comment"] for check in report["skipped_checks"])
+
+
+def workers_from_profile(baked: Bake, cpus: int) -> int:
+    return int(
+        baked.project.python(
+            f"from {baked.path.name}.profile import PROFILE\nprint(PROFILE.workers_for({cpus}))"
+        )
+    )
+
+
+@pytest.mark.usefixtures("installed_venv")
+def test_kubernetes_api_pods_match_the_profile_and_are_locked_down(kubernetes: Bake) -> None:
+    deployment = objects(kubernetes)[f"Deployment/{kubernetes.name}"]
+    pod = deployment["spec"]["template"]["spec"]
+    (api,) = pod["containers"]
+    env = {variable["name"]: variable for variable in api["env"]}
+    cpu_limit = math.ceil(float(api["resources"]["limits"]["cpu"]))
+    stop_budget = (
+        api["lifecycle"]["preStop"]["sleep"]["seconds"] + kubernetes.profile["graceful_timeout"]
+    )
+
+    assert env["WEB_CONCURRENCY"]["valueFrom"]["resourceFieldRef"] == {
+        "containerName": api["name"],
+        "resource": "limits.cpu",
+        "divisor": "1",
+    }
+    assert workers_from_profile(kubernetes, cpu_limit) == cpu_limit
+    assert api["resources"]["requests"]["cpu"]
+    assert pod["terminationGracePeriodSeconds"] > stop_budget
+    assert api["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert api["securityContext"]["readOnlyRootFilesystem"] is True
+    assert api["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {mount["mountPath"] for mount in api["volumeMounts"]} == {"/tmp", "/dev/shm"}
+    assert env["SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == kubernetes.name
+    assert api["envFrom"] == [{"configMapRef": {"name": kubernetes.name}}]
+
+
+def test_kubernetes_worker_lets_jobs_finish(
+    celery: Bake, bake: Callable[[dict[str, str]], Bake]
+) -> None:
+    celery = bake({**celery.answers, "kubernetes": "yes"})
+
+    pod = objects(celery)[f"Deployment/{celery.name}-worker"]["spec"]["template"]["spec"]
+
+    assert pod["terminationGracePeriodSeconds"] > celery.profile["celery"]["time_limit"]
+    assert pod["containers"][0]["command"][:3] == [
+        "celery",
+        "--app",
+        f"{celery.path.name}.jobs.celery_app",
+    ]
+
+
+# CI, alerts, dashboard ------------------------------------------------------------------
+
+
+def test_ci_workflow_is_valid_against_the_github_workflow_schema(baked: Bake) -> None:
+    workflow = ".github/workflows/ci.yml"
+    jobs = baked.yaml(workflow)["jobs"]
+
+    result = baked.tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows", workflow)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [step["run"] for job in jobs.values() for step in job["steps"] if "run" in step] == [
+        "make lint",
+        "make test",
+        f"docker build --tag {baked.name}:ci .",
+    ]
+    assert set(jobs["test"]["services"]) == {"postgres"} | ({"redis"} if baked.celery else set())
+
+
+def test_alert_rules_pass_promtool_and_fire_in_its_unit_tests(baked: Bake) -> None:
+    check = baked.tool("promtool", "check", "rules", "deploy/prometheus/alerts.yml")
+    unit_tests = baked.tool("promtool", "test", "rules", "deploy/prometheus/alerts.test.yml")
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert unit_tests.returncode == 0, unit_tests.stdout + unit_tests.stderr
+
+
+def dashboard_queries(baked: Bake) -> list[str]:
+    dashboard = json.loads(baked.read("deploy/grafana/dashboard.json"))
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_dashboard_queries_are_valid_promql(baked: Bake, tmp_path: Path) -> None:
+    # Grafana's variables, as Grafana would fill them in.
+    queries = [
+        query.replace("$__rate_interval", "1m").replace("$job", baked.name)
+        for query in dashboard_queries(baked)
+    ]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"panel_query_{i}", "expr": q} for i, q in enumerate(queries)],
+            }
+        ]
+    }
+    (tmp_path / "dashboard.rules.yml").write_text(yaml.safe_dump(rules))
+
+    result = baked.tool("promtool", "check", "rules", str(tmp_path / "dashboard.rules.yml"))
+
+    assert [query for query in queries if "$" in query] == []
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+EXPORTED_SERIES = """
+import {package}.main  # the app's modules register their metrics as they are imported
+from prometheus_client import REGISTRY
+SUFFIXES = {{"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}}
+for family in REGISTRY.collect():
+    for suffix in SUFFIXES.get(family.type, [""]):
+        print(family.name + suffix)
+"""
+
+
+def metric_names(query: str) -> set[str]:
+    without_strings = re.sub(r'"[^"]*"', '""', query)
+    return set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", without_strings))
+
+
+@pytest.mark.usefixtures("installed_venv")
+def test_dashboard_and_alerts_name_only_metrics_the_service_exports(baked: Bake) -> None:
+    exported = set(baked.project.python(EXPORTED_SERIES.format(package=baked.path.name)).split())
+    alerts = baked.yaml("deploy/prometheus/alerts.yml")
+    used = {
+        name
+        for query in dashboard_queries(baked)
+        + [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
+        for name in metric_names(query)
+    }
+
+    assert {"http_requests_total", "http_request_duration_seconds_bucket"} <= used
+    assert used - exported == {"up"}  # `up` is Prometheus's own, one per scrape target
