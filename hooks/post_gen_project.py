@@ -24,6 +24,9 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     PACKAGE / "inference": {"scenario": {"ml_inference"}},
     Path("tests/test_inference.py"): {"scenario": {"ml_inference"}},
     Path("bench/inference.py"): {"scenario": {"ml_inference"}},
+    PACKAGE / "rooms": {"scenario": {"websocket"}},
+    Path("tests/test_rooms.py"): {"scenario": {"websocket"}},
+    Path("bench/fanout.py"): {"scenario": {"websocket"}},
     PACKAGE / "db.py": {"database": {"postgresql"}},
     Path("migrations"): {"database": {"postgresql"}},
     Path("alembic.ini"): {"database": {"postgresql"}},
@@ -56,9 +59,10 @@ def choose_profile() -> None:
 
 
 def next_steps() -> str:
-    serve = {"ml_inference": "install, train the model and serve"}.get(
-        ANSWERS["scenario"], "install, migrate and serve"
-    )
+    serve = {
+        "ml_inference": "install, train the model and serve",
+        "websocket": "install and serve",
+    }.get(ANSWERS["scenario"], "install, migrate and serve")
     test = "  make test    # its test suite"
     if ANSWERS["database"] != "none":
         test += "; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL"

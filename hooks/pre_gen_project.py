@@ -19,6 +19,11 @@ ANSWERS = {
 # Cookiecutter itself refuses answers outside a choice list; these are the rules it cannot
 # know: what a name may be, and which answers go together.
 SCENARIOS_WITH_ITEMS = ("public_api", "microservice")
+# Scenarios that have no database, and what they do instead.
+SCENARIOS_WITHOUT_DATA = {
+    "ml_inference": "serves a model",
+    "websocket": "relays messages between connected clients",
+}
 # The name of the image, the Kubernetes objects and the systemd units: a DNS label (RFC 1035).
 SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 YES_NO = ("yes", "no")
@@ -55,6 +60,7 @@ DEPENDENCIES = frozenset(
         "uvicorn",
         "uvicorn_worker",
         "uvloop",
+        "websockets",
     }
 )
 
@@ -90,12 +96,18 @@ def problems(answers: dict[str, str]) -> list[str]:
             found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
     if scenario == "batch" and answers["use_celery"] == "no":
         found.append("scenario 'batch' runs its jobs on Celery: answer use_celery=yes.")
-    if answers["database"] != "none" and scenario == "ml_inference":
-        found.append(
-            "scenario 'ml_inference' serves a model and keeps no data: answer database=none "
-            "(its default)."
-        )
-    if answers["database"] == "none" and scenario in SCENARIOS_WITH_ITEMS:
+    if scenario in SCENARIOS_WITHOUT_DATA:
+        if answers["database"] != "none":
+            found.append(
+                f"scenario {scenario!r} {SCENARIOS_WITHOUT_DATA[scenario]} and keeps no data: "
+                "answer database=none (its default)."
+            )
+        elif answers["use_celery"] == "yes":
+            found.append(
+                f"scenario {scenario!r} keeps no data, and Celery jobs live in a database "
+                "table: answer use_celery=no."
+            )
+    elif answers["database"] == "none" and scenario in SCENARIOS_WITH_ITEMS:
         found.append(
             f"scenario {scenario!r} stores its /items resource in a database: "
             "answer database=postgresql."

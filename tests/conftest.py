@@ -17,13 +17,14 @@ from .baked import BAKED_VENV, TEMPLATE, Project
 
 # use_celery is left to its default, which follows the scenario (yes for batch).
 DEFAULTS = {"database": "postgresql", "kubernetes": "no"}
-SCENARIOS = ("public_api", "microservice", "ml_inference", "batch")
+SCENARIOS = ("public_api", "microservice", "ml_inference", "websocket", "batch")
 # Answers a scenario needs that differ from DEFAULTS.
-SCENARIO_ANSWERS = {"ml_inference": {"database": "none"}}
+SCENARIO_ANSWERS = {"ml_inference": {"database": "none"}, "websocket": {"database": "none"}}
 # Bakes that, together, depend on every package any supported bake depends on.
 EVERY_DEPENDENCY = (
     {**DEFAULTS, "scenario": "public_api", "use_celery": "yes"},
     {**DEFAULTS, **SCENARIO_ANSWERS["ml_inference"], "scenario": "ml_inference"},
+    {**DEFAULTS, **SCENARIO_ANSWERS["websocket"], "scenario": "websocket"},
 )
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Lines the run prints at its end: figures a reader of CI's log wants to see.

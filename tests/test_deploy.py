@@ -58,6 +58,15 @@ class Bake:
     def database(self) -> bool:
         return self.answers["database"] == "postgresql"
 
+    @property
+    def rooms(self) -> bool:
+        """WebSocket rooms, which span workers and instances through Redis."""
+        return self.answers["scenario"] == "websocket"
+
+    @property
+    def redis(self) -> bool:
+        return self.celery or self.rooms
+
     def read(self, relative: str) -> str:
         return (self.path / relative).read_text()
 
@@ -213,10 +222,15 @@ def test_compose_api_waits_for_migrations_and_outlasts_its_requests(baked: Bake)
         assert seconds(worker["stop_grace_period"]) > baked.profile["celery"]["time_limit"]
         assert float(worker["deploy"]["resources"]["limits"]["cpus"]) >= 1
         assert worker["depends_on"]["redis"] == {"condition": "service_healthy"}
+    else:
+        assert "worker" not in services
+    if baked.redis:
         assert api["depends_on"]["redis"] == {"condition": "service_healthy"}
         assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     else:
-        assert {"worker", "redis"}.isdisjoint(services)
+        assert "redis" not in services
+    if baked.rooms:  # more than one worker needs Redis for its rooms
+        assert api["environment"]["REDIS_URL"] == "redis://redis:6379/0"
 
 
 def test_compose_takes_its_secrets_from_an_uncommitted_env_file(baked: Bake) -> None:
@@ -286,7 +300,8 @@ def test_systemd_units_follow_the_answers(baked: Bake) -> None:
     assert names == sorted(
         [f"{baked.name}.service"] + [f"{baked.name}-worker.service"] * baked.celery
     )
-    assert (baked.path / "deploy" / "systemd" / f"{baked.name}.env").is_file()
+    environment = baked.read(f"deploy/systemd/{baked.name}.env")
+    assert ("\nREDIS_URL=redis://" in environment) == baked.rooms
 
 
 def test_systemd_units_verify_clean(baked: Bake, tmp_path: Path) -> None:
@@ -437,6 +452,8 @@ def test_kubernetes_api_pods_match_the_profile_and_are_locked_down(kubernetes: B
     assert {mount["mountPath"] for mount in api["volumeMounts"]} == {"/tmp", "/dev/shm"}
     assert env["SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == kubernetes.name
     assert api["envFrom"] == [{"configMapRef": {"name": kubernetes.name}}]
+    # Pods of a websocket service share their rooms through Redis.
+    assert ("REDIS_URL" in env) == kubernetes.rooms
 
 
 def test_kubernetes_worker_lets_jobs_finish(
@@ -469,7 +486,7 @@ def test_ci_workflow_is_valid_against_the_github_workflow_schema(baked: Bake) ->
         "make test",
         f"docker build --tag {baked.name}:ci .",
     ]
-    assert set(jobs["test"]["services"]) == {"postgres"} | ({"redis"} if baked.celery else set())
+    assert set(jobs["test"]["services"]) == {"postgres"} | ({"redis"} if baked.redis else set())
 
 
 def test_alert_rules_pass_promtool_and_fire_in_its_unit_tests(baked: Bake) -> None:

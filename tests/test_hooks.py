@@ -47,6 +47,16 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
             "scenario 'ml_inference' serves a model and keeps no data: answer database=none",
         ),
         (["project_slug=sklearn"], "project_slug 'sklearn' would hide the sklearn package"),
+        (
+            ["scenario=websocket", "database=postgresql"],
+            "scenario 'websocket' relays messages between connected clients and keeps no data",
+        ),
+        (
+            ["scenario=websocket", "use_celery=yes"],
+            "scenario 'websocket' keeps no data, and Celery jobs live in a database table: "
+            "answer use_celery=no",
+        ),
+        (["project_slug=websockets"], "project_slug 'websockets' would hide the websockets"),
     ],
 )
 def test_bad_answer_is_refused_with_its_message_and_nothing_written(
@@ -93,6 +103,17 @@ def test_ml_inference_defaults_to_no_database(tmp_path: Path) -> None:
     assert not (project / "src" / "my_service" / "db.py").exists()
     assert not (project / "alembic.ini").exists()
     assert "make run     # install, train the model and serve" in result.stdout
+
+
+def test_websocket_defaults_to_no_database_and_keeps_only_its_rooms(tmp_path: Path) -> None:
+    result = bake(tmp_path, "scenario=websocket")
+
+    assert result.returncode == 0, result.stderr
+    package = tmp_path / "my_service" / "src" / "my_service"
+    assert (package / "rooms").is_dir()
+    assert not (package / "db.py").exists()
+    assert not (package / "items").exists()
+    assert not (package / "inference").exists()
 
 
 def test_batch_asks_for_celery_by_default(tmp_path: Path) -> None:

@@ -39,6 +39,12 @@ if settings.web_concurrency:
 else:
     workers = PROFILE.workers_for(cpus.count)
     workers_source = f"{PROFILE.workers_per_cpu} x CPUs + {PROFILE.extra_workers}"
+{%- if cookiecutter.scenario == "websocket" %}
+if settings.redis_url is None and workers > 1:
+    # Without Redis a room message reaches only the clients of the worker it arrives on.
+    workers_source = f"1, not {workers} ({workers_source}): without REDIS_URL rooms are per worker"
+    workers = 1
+{%- endif %}
 {%- if cookiecutter.database != "none" %}
 # Each worker sizes its database pool from its share of the service's connections.
 if settings.db_max_connections < workers:

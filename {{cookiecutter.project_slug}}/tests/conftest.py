@@ -3,8 +3,10 @@
 With DATABASE_URL set to PostgreSQL they work in a fresh schema that is dropped at the
 end, so they never touch the data of the database the URL names; otherwise they use a
 SQLite file in a temporary directory. Either way the schema is built by the migrations.
-{%- else %}a model of their own, trained into a temporary directory, so they
+{%- elif cookiecutter.scenario == "ml_inference" %}a model of their own, trained into a temporary directory, so they
 never depend on (or touch) the one `make model` wrote.
+{%- else %}the app in this process: rooms fan out in-process, or through
+Redis in the tests that ask for it (REDIS_URL).
 {%- endif %}
 """
 {% if cookiecutter.database != "none" %}
@@ -25,13 +27,14 @@ from fastapi import FastAPI
 {%- if cookiecutter.database != "none" %}
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+{%- endif %}
 
+{% if cookiecutter.database != "none" -%}
 from {{ cookiecutter.project_slug }}.db import Base
-{%- endif %}
-{%- if cookiecutter.scenario == "ml_inference" %}
-
+{% endif -%}
+{% if cookiecutter.scenario == "ml_inference" -%}
 from {{ cookiecutter.project_slug }}.inference import train
-{%- endif %}
+{% endif -%}
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
 
@@ -41,8 +44,9 @@ PROJECT_ROOT = Path(__file__).parent.parent
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+{%- if cookiecutter.database != "none" %}
 
-{% if cookiecutter.database != "none" %}
+
 @pytest.fixture(scope="session")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """DATABASE_URL and DATABASE_SCHEMA of a migrated, empty test database."""
@@ -77,21 +81,26 @@ async def _execute(url: str, statement: str) -> None:
     async with engine.begin() as connection:
         await connection.execute(text(statement))
     await engine.dispose()
-{% endif %}
+{%- endif %}
 {%- if cookiecutter.scenario == "ml_inference" %}
+
+
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model `make model` trains, written to a directory of the tests' own."""
     path = tmp_path_factory.mktemp("model") / "model.joblib"
     train.save(*train.train(), path)
     return path
-{% endif %}
+{%- endif %}
+
 
 @pytest.fixture
 {%- if cookiecutter.database != "none" %}
 def settings(database: dict[str, str]{% if cookiecutter.use_celery == "yes" %}, tmp_path: Path{% endif %}) -> Settings:
-{%- else %}
+{%- elif cookiecutter.scenario == "ml_inference" %}
 def settings(model_path: Path) -> Settings:
+{%- else %}
+def settings() -> Settings:
 {%- endif %}
     # Everything a test relies on is set here, whatever the caller's environment says.
     return Settings(
@@ -111,6 +120,11 @@ def settings(model_path: Path) -> Settings:
 {%- if cookiecutter.scenario == "ml_inference" %}
         model_path=model_path,
         preload=True,
+{%- endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+        # Rooms fan out inside the process; the tests that use Redis say so.
+        redis_url=None,
+        ws_allowed_origins=[],
 {%- endif %}
     )
 

@@ -49,10 +49,21 @@ def test_config_serves_the_app_with_uvicorn_workers() -> None:
 
 
 def test_web_concurrency_sets_the_worker_count() -> None:
-    config = resolved_config(WEB_CONCURRENCY="3")
+    config = resolved_config(WEB_CONCURRENCY="3"{% if cookiecutter.scenario == "websocket" %}, REDIS_URL="redis://127.0.0.1:6379/0"{% endif %})
 
     assert config["workers"] == 3
     assert config["workers_from"] == "WEB_CONCURRENCY"
+{%- if cookiecutter.scenario == "websocket" %}
+
+
+def test_without_redis_one_worker_serves_every_room_and_says_why() -> None:
+    config = resolved_config(WEB_CONCURRENCY="3")
+
+    assert config["workers"] == 1
+    assert config["workers_from"] == (
+        "1, not 3 (WEB_CONCURRENCY): without REDIS_URL rooms are per worker"
+    )
+{%- endif %}
 
 
 @pytest.mark.parametrize(
@@ -89,6 +100,17 @@ def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> Non
             {"WEB_CONCURRENCY": "4", "DB_MAX_CONNECTIONS": "3"},
             "invalid configuration: DB_MAX_CONNECTIONS (3) is below the number of workers (4): "
             "each worker needs at least one connection",
+        ),
+{%- endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+        (
+            {"REDIS_URL": "localhost:6379"},
+            "invalid configuration: REDIS_URL: must start with one of redis://, rediss://, unix://",
+        ),
+        (
+            {"WS_HEARTBEAT_INTERVAL": "30", "WS_IDLE_TIMEOUT": "20"},
+            "invalid configuration: WS_IDLE_TIMEOUT must exceed WS_HEARTBEAT_INTERVAL, or a "
+            "client would be dropped before it was even asked for a pong",
         ),
 {%- endif %}
 {%- if cookiecutter.scenario == "ml_inference" %}

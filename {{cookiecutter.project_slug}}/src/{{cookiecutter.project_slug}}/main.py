@@ -28,6 +28,10 @@ from .jobs.router import router as jobs_router
 {%- endif %}
 from .middleware import RequestObserver, TrustedHosts
 from .profile import PROFILE
+{%- if cookiecutter.scenario == "websocket" %}
+from .rooms.fanout import Rooms, create_fanout
+from .rooms.router import router as rooms_router
+{%- endif %}
 from .settings import Settings, get_settings
 
 
@@ -67,6 +71,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         model.stop_loading()
+{%- endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+    app.state.rooms = rooms = Rooms()
+    app.state.fanout = fanout = create_fanout(app.state.settings, rooms)
+    app.state.readiness_checks = fanout.readiness_checks
+    async with fanout.running():
+        yield
 {%- endif %}
 
 
@@ -118,6 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
 {%- if cookiecutter.scenario in ["public_api", "microservice"] %}
     app.include_router(items_router)
+{%- endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+    app.include_router(rooms_router, max_body_size=settings.ws_max_message_size)
 {%- endif %}
 {%- if cookiecutter.use_celery == "yes" %}
     app.include_router(jobs_router, max_body_size=settings.max_upload_size)

@@ -9,7 +9,7 @@ import math
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, {% if cookiecutter.scenario == "ml_inference" %}PositiveFloat, {% endif %}PositiveInt
+from pydantic import BaseModel, ConfigDict, {% if cookiecutter.scenario in ["ml_inference", "websocket"] %}PositiveFloat, {% endif %}PositiveInt
 
 {% if cookiecutter.use_celery == "yes" %}
 class CeleryProfile(BaseModel):
@@ -43,6 +43,18 @@ class InferenceProfile(BaseModel):
     blas_threads: PositiveInt
 
 {% endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+class WebSocketProfile(BaseModel):
+    """The `[websocket]` table: how long-lived connections are kept healthy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    heartbeat_interval: PositiveFloat
+    idle_timeout: PositiveFloat
+    max_message_size: PositiveInt
+    send_queue_size: PositiveInt
+
+{% endif %}
 class Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,6 +77,9 @@ class Profile(BaseModel):
 {%- endif %}
 {%- if cookiecutter.scenario == "ml_inference" %}
     inference: InferenceProfile
+{%- endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+    websocket: WebSocketProfile
 {%- endif %}
 
     def workers_for(self, cpus: int) -> int:

@@ -18,6 +18,9 @@ CommaSeparated = Annotated[list[str], NoDecode]
 {%- if cookiecutter.use_celery == "yes" %}
 BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "sqla+sqlite://")
 {%- endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+{%- endif %}
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,18 @@ class Settings(BaseSettings):
 {%- if cookiecutter.scenario == "ml_inference" %}
     # The model file `make model` writes; its metadata is beside it, with a .json suffix.
     model_path: Path = Path("models/model.joblib")
+{%- endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+    # Redis relays room messages between workers and machines: redis://host:6379/0. Unset:
+    # messages fan out inside one process, so gunicorn.conf.py starts a single worker.
+    redis_url: str | None = None
+    # Origins a browser may open /ws/ from, comma-separated; unset: any. Clients that send no
+    # Origin header (not browsers) are always let in.
+    ws_allowed_origins: CommaSeparated = []
+    ws_heartbeat_interval: float = Field(default=PROFILE.websocket.heartbeat_interval, gt=0)
+    ws_idle_timeout: float = Field(default=PROFILE.websocket.idle_timeout, gt=0)
+    ws_max_message_size: int = Field(default=PROFILE.websocket.max_message_size, ge=1)
+    ws_send_queue_size: int = Field(default=PROFILE.websocket.send_queue_size, ge=1)
 {%- endif %}
     # Seconds /health/ready waits for each dependency before calling it unavailable.
     readiness_timeout: float = Field(default=1.0, gt=0)
@@ -72,7 +87,7 @@ class Settings(BaseSettings):
     worker_class: str = f"{__package__}.worker.Worker"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
-    @field_validator({% if cookiecutter.use_celery == "yes" %}"celery_concurrency", {% endif %}"web_concurrency", "bind", mode="before")
+    @field_validator({% if cookiecutter.use_celery == "yes" %}"celery_concurrency", {% endif %}{% if cookiecutter.scenario == "websocket" %}"redis_url", {% endif %}"web_concurrency", "bind", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -82,7 +97,7 @@ class Settings(BaseSettings):
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @field_validator("allowed_hosts", "cors_origins"{% if cookiecutter.scenario == "websocket" %}, "ws_allowed_origins"{% endif %}, mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -115,6 +130,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CELERY_VISIBILITY_TIMEOUT must exceed CELERY_TIME_LIMIT, "
                 "or a job still running would be handed to a second worker"
+            )
+        return self
+{% endif %}
+{%- if cookiecutter.scenario == "websocket" %}
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(REDIS_SCHEMES)}")
+        return url
+
+    @model_validator(mode="after")
+    def _idle_outlasts_heartbeat(self) -> Self:
+        if not self.ws_heartbeat_interval < self.ws_idle_timeout:
+            raise ValueError(
+                "WS_IDLE_TIMEOUT must exceed WS_HEARTBEAT_INTERVAL, or a client would be "
+                "dropped before it was even asked for a pong"
             )
         return self
 {% endif %}

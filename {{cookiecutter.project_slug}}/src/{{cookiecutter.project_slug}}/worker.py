@@ -11,6 +11,11 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
+{%- if cookiecutter.scenario == "websocket" %}
+
+from .rooms import protocol as rooms_protocol
+from .settings import get_settings
+{%- endif %}
 
 # Seconds an idle connection stays open after shutdown begins, for a request in flight to land.
 DRAIN_GRACE = 1.0
@@ -54,3 +59,7 @@ class Worker(UvicornWorker):
         super().__init__(*args, **kwargs)
         # Finish in-flight requests for as long as Gunicorn lets the worker live.
         self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout
+{%- if cookiecutter.scenario == "websocket" %}
+        # Heartbeats, idle timeout, message size and 1001 on shutdown (rooms/protocol.py).
+        rooms_protocol.configure(self.config, get_settings())
+{%- endif %}

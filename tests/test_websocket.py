@@ -1,0 +1,357 @@
+"""The websocket scenario under Gunicorn with real workers: a room spans every worker through
+Redis; slow clients, oversized messages, a Redis restart and a shutdown are each handled
+without hurting the rest of the room."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import tomllib
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from .baked import Project, Server, free_port
+
+pytestmark = pytest.mark.parametrize("project", ["websocket"], indirect=True)
+
+# Seconds any single wait may take before the test fails.
+WAIT = 10.0
+# Small enough that a client that stops reading overflows it within a few megabytes.
+SEND_QUEUE = 8
+
+
+def room_name() -> str:
+    """A room of the test's own: the Redis server is shared, and so are its channels."""
+    return f"room-{uuid.uuid4().hex[:10]}"
+
+
+def receive(client: ClientConnection) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(client.recv(timeout=WAIT))
+    return message
+
+
+def receive_until(client: ClientConnection, text: str) -> list[dict[str, Any]]:
+    """Every message up to and including the first whose text is `text`."""
+    received = [receive(client)]
+    while received[-1].get("text") != text:
+        received.append(receive(client))
+    return received
+
+
+def close_code(client: ClientConnection) -> int | None:
+    """Read until the server closes the connection; the code it sent (None: no close frame)."""
+    deadline = time.monotonic() + WAIT
+    try:
+        while time.monotonic() < deadline:
+            client.recv(timeout=WAIT)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+    raise AssertionError("the server did not close the connection")
+
+
+def clients_on_every_worker(
+    server: Server, room: str, count: int, stack: ExitStack
+) -> list[tuple[ClientConnection, dict[str, Any]]]:
+    """At least `count` clients in the room, two or more on each of the two workers; each
+    with its hello, which names its worker. New connections go to whichever worker takes
+    them first: a surplus one on a worker that already has its share is closed again."""
+    url = server.url.replace("http://", "ws://")
+    workers = started_workers(server, 2)
+    clients: list[tuple[ClientConnection, dict[str, Any]]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        client = stack.enter_context(connect(f"{url}/ws/{room}", open_timeout=WAIT))
+        hello = receive(client)
+        held = Counter(hello["worker"] for _, hello in clients)
+        if len(clients) >= count and held[hello["worker"]] >= 2:
+            client.close()
+            continue
+        clients.append((client, hello))
+        held[hello["worker"]] += 1
+        if len(clients) >= count and all(held[pid] >= 2 for pid in workers):
+            break
+    return clients
+
+
+def started_workers(server: Server, workers: int) -> set[int]:
+    """The pids of the workers that have started their app, once there are `workers`."""
+    deadline = time.monotonic() + 30
+    while True:
+        started = {
+            entry["pid"]
+            for entry in server.log_entries("uvicorn.error")
+            if entry["message"] == "Application startup complete."
+        }
+        if len(started) >= workers or time.monotonic() > deadline:
+            return started
+        time.sleep(0.05)
+
+
+def publish(server: Server, room: str, text: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/rooms/{room}/messages", json={"text": text}, timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def server(project: Project, redis_url: str) -> Iterator[Server]:
+    """Two workers sharing rooms through the machine's Redis."""
+    with project.serve(workers=2, REDIS_URL=redis_url, WS_SEND_QUEUE_SIZE=str(SEND_QUEUE)) as s:
+        yield s
+
+
+def test_a_message_published_over_http_reaches_eight_clients_on_both_workers(
+    server: Server,
+) -> None:
+    room = room_name()
+    with ExitStack() as stack:
+        clients = clients_on_every_worker(server, room, 8, stack)
+        published = publish(server, room, "to everyone")
+        received = [receive(client) for client, _ in clients]
+
+    assert published.status_code == 202
+    assert {hello["worker"] for _, hello in clients} == server.workers()
+    assert len(clients) >= 8
+    assert received == [published.json()] * len(clients)
+
+
+def test_a_message_a_client_sends_reaches_every_other_client_on_both_workers(
+    server: Server,
+) -> None:
+    room = room_name()
+    with ExitStack() as stack:
+        clients = clients_on_every_worker(server, room, 8, stack)
+        (sender, sender_hello), *others = clients
+        sender.send(json.dumps({"text": "from a client"}))
+        received = [receive(client) for client, _ in others]
+
+    assert {hello["worker"] for _, hello in others} == server.workers()
+    assert {message["text"] for message in received} == {"from a client"}
+    assert {message["sender"] for message in received} == {sender_hello["client"]}
+
+
+def test_metrics_count_the_clients_of_every_worker(server: Server) -> None:
+    room = room_name()
+    before = connected_clients(server, settled_at=0)  # earlier tests' clients have left
+    with ExitStack() as stack:
+        clients = clients_on_every_worker(server, room, 4, stack)
+        during = connected_clients(server, settled_at=len(clients))
+
+    assert before == 0
+    assert during == len(clients)
+
+
+def connected_clients(server: Server, settled_at: int) -> int:
+    """`websocket_clients` from /metrics, summed over the workers; read again for a while
+    if it is not yet `settled_at` (a client that just left may not be counted out yet)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        metrics = httpx.get(f"{server.url}/metrics", timeout=WAIT).text
+        found = re.search(r"^websocket_clients (\S+)$", metrics, re.MULTILINE)
+        assert found, metrics
+        count = int(float(found[1]))
+        if count == settled_at or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
+
+
+def slow_client(server: Server, room: str, stack: ExitStack) -> tuple[ClientConnection, int]:
+    """A client that reads nothing unless asked: a tiny receive window, one frame of buffer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    url = server.url.replace("http://", "ws://")
+    client = stack.enter_context(connect(f"{url}/ws/{room}", sock=sock, max_queue=1))
+    return client, receive(client)["worker"]
+
+
+def test_a_client_that_stops_reading_is_dropped_with_1013_and_the_room_goes_on(
+    server: Server,
+) -> None:
+    room = room_name()
+    url = server.url.replace("http://", "ws://")
+    text = "x" * 60_000
+    messages = 300  # 18 MB: more than the slow client's socket buffers and queue hold
+    with ExitStack() as stack:
+        slow, worker = slow_client(server, room, stack)
+        # A reading client on the same worker: the one whose fan-out the slow one could stall.
+        while True:
+            healthy = stack.enter_context(connect(f"{url}/ws/{room}", open_timeout=WAIT))
+            if receive(healthy)["worker"] == worker:
+                break
+            healthy.close()  # now, before it falls behind too
+        with ThreadPoolExecutor(1) as reader:
+            # The healthy client reads as the messages come, as a live client does.
+            reading = reader.submit(lambda: [receive(healthy)["text"][:4] for _ in range(messages)])
+            with httpx.Client(base_url=server.url, timeout=WAIT) as http:
+                statuses = {
+                    http.post(f"/rooms/{room}/messages", json={"text": f"{n:4}{text}"}).status_code
+                    for n in range(messages)
+                }
+            healthy_got = reading.result(timeout=WAIT)
+        # Only now does the slow client read: what was sent before its queue overflowed.
+        slow_got = 0
+        try:
+            while True:
+                slow.recv(timeout=WAIT)
+                slow_got += 1
+        except ConnectionClosed as closed:
+            slow_code = closed.rcvd.code if closed.rcvd else None
+
+    assert statuses == {202}
+    assert healthy_got == [f"{n:4}" for n in range(messages)]
+    assert slow_code == 1013
+    assert slow_got < messages
+
+
+def max_message_size(project: Project) -> int:
+    profile = project.path / "src" / project.path.name / "profile.toml"
+    size: int = tomllib.loads(profile.read_text())["websocket"]["max_message_size"]
+    return size
+
+
+def test_a_message_over_the_size_limit_closes_that_client_with_1009_only(
+    project: Project, server: Server
+) -> None:
+    room = room_name()
+    limit = max_message_size(project)
+    with ExitStack() as stack:
+        clients = clients_on_every_worker(server, room, 2, stack)
+        (offender, _), (bystander, _) = clients[:2]
+        offender.send(json.dumps({"text": "x" * limit}))
+        offender_code = close_code(offender)
+        after = publish(server, room, "still here")
+        heard = receive(bystander)
+    too_large = publish(server, room, "x" * limit)
+
+    assert offender_code == 1009
+    assert after.status_code == 202
+    assert heard["text"] == "still here"
+    assert too_large.status_code == 413
+
+
+@contextmanager
+def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server of the test's own, which it may stop and start at will."""
+    server = shutil.which("redis-server")
+    if server is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=WAIT)
+
+
+def test_clients_stay_connected_while_redis_restarts_and_fan_out_resumes_by_itself(
+    project: Project,
+) -> None:
+    port, room = free_port(), room_name()
+    with (
+        private_redis(port) as redis,
+        project.serve(workers=2, REDIS_URL=f"redis://127.0.0.1:{port}/0") as server,
+        ExitStack() as stack,
+    ):
+        clients = clients_on_every_worker(server, room, 4, stack)
+        before = publish(server, room, "before")
+        assert [receive(client)["text"] for client, _ in clients] == ["before"] * len(clients)
+
+        redis.terminate()
+        redis.wait(timeout=WAIT)
+        during = publish(server, room, "during")
+        ready_during = httpx.get(f"{server.url}/health/ready", timeout=WAIT)
+        sender = clients[0][0]
+        sender.send(json.dumps({"text": "during, from a client"}))
+        problem = receive(sender)
+
+        with private_redis(port):
+            # Publish until each client has heard one: every worker has subscribed again.
+            deadline, heard = time.monotonic() + 30, set()
+            while len(heard) < len(clients) and time.monotonic() < deadline:
+                publish(server, room, "probe")
+                for index, (client, _) in enumerate(clients):
+                    try:
+                        if json.loads(client.recv(timeout=0.2))["text"] == "probe":
+                            heard.add(index)
+                    except TimeoutError:
+                        pass
+            after = publish(server, room, "after")
+            received = [receive_until(client, "after")[-1] for client, _ in clients]
+
+    assert before.status_code == 202
+    assert during.status_code == 503
+    assert ready_during.status_code == 503
+    assert list(ready_during.json()["failed"]) == ["redis"]
+    assert problem["type"] == "error"
+    assert after.status_code == 202
+    assert received == [after.json()] * len(clients)
+    assert "lost Redis" in server.log()
+    assert "Redis is back" in server.log()
+
+
+def test_shutdown_closes_every_client_on_every_worker_with_1001(
+    project: Project, redis_url: str
+) -> None:
+    room = room_name()
+    with project.serve(workers=2, REDIS_URL=redis_url) as server, ExitStack() as stack:
+        clients = clients_on_every_worker(server, room, 4, stack)
+        server.stop()  # SIGTERM to the master, as systemd, Kubernetes or Docker send it
+        codes = [close_code(client) for client, _ in clients]
+
+    assert len({hello["worker"] for _, hello in clients}) == 2
+    assert codes == [1001] * len(clients)
+
+
+def test_without_redis_one_worker_serves_the_room_and_the_log_says_why(
+    project: Project,
+) -> None:
+    room = room_name()
+    with project.serve(workers=2) as server, ExitStack() as stack:
+        url = server.url.replace("http://", "ws://")
+        clients = [stack.enter_context(connect(f"{url}/ws/{room}")) for _ in range(3)]
+        workers = {receive(client)["worker"] for client in clients}
+        published = publish(server, room, "in-process")
+        received = [receive(client) for client in clients]
+        running = server.workers()
+
+    assert len(running) == 1
+    assert workers == running
+    assert published.status_code == 202
+    assert received == [published.json()] * 3
+    assert "REDIS_URL is not set" in server.log()
+
+
+def test_the_baked_suite_passes_with_redis_and_skips_nothing(
+    project: Project, redis_url: str
+) -> None:
+    result = project.make("test", REDIS_URL=redis_url)
+
+    assert " passed" in result.stdout
+    assert " failed" not in result.stdout
+    assert " skipped" not in result.stdout

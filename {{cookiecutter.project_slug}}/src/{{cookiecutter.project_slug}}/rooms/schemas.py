@@ -1,0 +1,49 @@
+"""What travels: the messages of a room, and what a connection is told besides."""
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+# Letters, digits, dot, dash and underscore: safe in a URL, a log line and a Redis channel.
+RoomName = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", examples=["lobby"])
+]
+# The sender of a message published over HTTP; a WebSocket client's is its id.
+HTTP_SENDER = "http"
+
+
+class MessageIn(BaseModel):
+    """A message to a room, as a client sends it (a WebSocket text frame, or an HTTP body)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str
+
+
+class Message(BaseModel):
+    """A message of a room, as every client in the room receives it."""
+
+    type: Literal["message"] = "message"
+    room: str
+    # The id of the client that sent it (from its hello), or "http".
+    sender: str
+    text: str
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Hello(BaseModel):
+    """The first message on every connection: who the client is and which worker holds it."""
+
+    type: Literal["hello"] = "hello"
+    room: str
+    client: str
+    worker: int
+
+
+class Problem(BaseModel):
+    """Something the client sent could not be relayed; the connection stays open."""
+
+    type: Literal["error"] = "error"
+    detail: str
