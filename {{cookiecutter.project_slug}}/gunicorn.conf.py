@@ -60,8 +60,10 @@ bind = [settings.bind or f"{default_host}:{settings.port}"]
 timeout = PROFILE.timeout
 graceful_timeout = PROFILE.graceful_timeout
 keepalive = PROFILE.keepalive
-max_requests = PROFILE.max_requests
-max_requests_jitter = PROFILE.max_requests_jitter
+# Recycling replaces a worker only after it has exited: with a single worker nothing serves
+# while the new one imports the app (about a second; docs/performance.md), so it is off.
+max_requests = PROFILE.max_requests if workers > 1 else 0
+max_requests_jitter = PROFILE.max_requests_jitter if workers > 1 else 0
 preload_app = settings.preload
 forwarded_allow_ips = settings.forwarded_allow_ips
 worker_tmp_dir = PROFILE.worker_tmp_dir if os.path.isdir(PROFILE.worker_tmp_dir) else None

@@ -48,6 +48,14 @@ def test_config_serves_the_app_with_uvicorn_workers() -> None:
     assert config["control_socket"] is None
 
 
+def test_a_single_worker_is_never_recycled() -> None:
+    """A recycle would leave nothing serving while the new worker starts."""
+    config = resolved_config(WEB_CONCURRENCY="1")
+
+    assert config["max_requests"] == 0
+    assert config["max_requests_jitter"] == 0
+
+
 def test_web_concurrency_sets_the_worker_count() -> None:
     config = resolved_config(WEB_CONCURRENCY="3"{% if cookiecutter.scenario == "websocket" %}, REDIS_URL="redis://127.0.0.1:6379/0"{% endif %})
 
