@@ -124,7 +124,8 @@ def main() -> None:
         )
         rates: dict[int, list[float]] = {1: [], cpus: []}
         p99s: dict[str, list[float]] = {"idle": [], "busy": []}
-        with gunicorn(**env) as url:
+        # No worker recycling: a recycle's restart would be measured, not the Celery workers.
+        with gunicorn("--max-requests", "0", **env) as url:
             for round_number in range(1, ROUNDS + 1):
                 for processes in rates:
                     rates[processes].append(jobs_per_second(url, processes, data, env))
