@@ -18,12 +18,15 @@ from .baked import Project
 from .load import constant_load
 
 CONNECTIONS = 16
+# Each test provokes one fault; a max_requests recycle during it would be a second one
+# (at this load a worker reaches the profile's max_requests within seconds).
+NO_RECYCLING = "--max-requests 0"
 pytestmark = pytest.mark.parametrize("project", ["public_api"], indirect=True)
 
 
 def test_sigkill_loses_only_the_killed_workers_in_flight_requests(project: Project) -> None:
     with (
-        project.serve(workers=2, app="fault_app:app") as server,
+        project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
         constant_load(server.url, "/health/live", CONNECTIONS) as load,
     ):
         time.sleep(1)
@@ -46,7 +49,7 @@ def test_sigkill_loses_only_the_killed_workers_in_flight_requests(project: Proje
 
 def test_sighup_reload_under_load_loses_nothing(project: Project) -> None:
     with (
-        project.serve(workers=2, app="fault_app:app") as server,
+        project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
         constant_load(server.url, "/health/live", CONNECTIONS) as load,
     ):
         time.sleep(1)
@@ -87,7 +90,7 @@ def test_sigterm_lets_in_flight_requests_finish(project: Project) -> None:
     def slow_request(url: str) -> None:
         answers.append(httpx.get(f"{url}/test/sleep", params={"seconds": 2}, timeout=30))
 
-    with project.serve(workers=2, app="fault_app:app") as server:
+    with project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=NO_RECYCLING) as server:
         clients = [threading.Thread(target=slow_request, args=(server.url,)) for _ in range(8)]
         for client in clients:
             client.start()
@@ -112,7 +115,9 @@ def block_a_worker(url: str) -> None:
 def test_worker_with_a_blocked_event_loop_is_replaced_while_others_serve(
     project: Project,
 ) -> None:
-    with project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS="--timeout 3") as server:
+    with project.serve(
+        workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=f"--timeout 3 {NO_RECYCLING}"
+    ) as server:
         before = server.workers()
         blocker = threading.Thread(target=block_a_worker, args=(server.url,), daemon=True)
         with constant_load(server.url, "/health/live", CONNECTIONS) as load:
