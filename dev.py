@@ -66,6 +66,17 @@ def debian_tools() -> Path:
     return bin_dir
 
 
+def load_generator() -> None:
+    """wrk, which tests/test_bench.py drives `make bench` with, from Debian's wrk package
+    (a small client, no service). Where apt-get is missing the test says wrk is missing."""
+    if shutil.which("wrk") or shutil.which("apt-get") is None:
+        return
+    install = ["apt-get", "install", "--yes", "--quiet", "--no-install-recommends", "wrk"]
+    if subprocess.run(install, check=False).returncode != 0:  # no package lists yet
+        run("apt-get", "update", "--quiet")
+        run(*install)
+
+
 def serve() -> None:
     bin_dir = tools()
     shutil.rmtree(SCRATCH, ignore_errors=True)
@@ -90,6 +101,7 @@ def serve() -> None:
 
 
 def test(pytest_args: list[str]) -> None:
+    load_generator()
     path = [tools(), debian_tools(), os.environ["PATH"]]
     env = {**os.environ, "PATH": os.pathsep.join(map(str, path))}
     sys.exit(
