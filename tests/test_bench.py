@@ -4,26 +4,19 @@ One round of one second: this checks that the bench serves both apps under Gunic
 them with wrk and reports a table and the stack-to-bare ratio, not how fast anything is.
 """
 
-import os
 import re
-import shutil
 
 import pytest
 
 from .baked import Project
+from .conftest import require_tool
 
 pytestmark = pytest.mark.parametrize("project", ["public_api"], indirect=True)
 
 
 @pytest.fixture(scope="module")
 def wrk() -> str:
-    found = shutil.which("wrk")
-    if found is None:
-        message = "wrk is not installed (apt-get install wrk)"
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool("wrk")
 
 
 def test_stack_bench_prints_both_apps_and_their_ratio(project: Project, wrk: str) -> None:

@@ -3,9 +3,7 @@ Redis; slow clients, oversized messages, a Redis restart and a shutdown are each
 without hurting the rest of the room."""
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -23,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from .baked import Project, Server, free_port
+from .conftest import require_tool
 
 pytestmark = pytest.mark.parametrize("project", ["websocket"], indirect=True)
 
@@ -243,12 +242,7 @@ def test_a_message_over_the_size_limit_closes_that_client_with_1009_only(
 @contextmanager
 def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
     """A redis-server of the test's own, which it may stop and start at will."""
-    server = shutil.which("redis-server")
-    if server is None:
-        message = "redis-server is not installed (Debian: apt-get install redis-server)"
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    server = require_tool("redis-server")
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
         stdout=subprocess.DEVNULL,

@@ -44,16 +44,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- if cookiecutter.database != "none" %}
     engine = db.create_engine(app.state.settings)
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
-{%- if cookiecutter.use_celery == "yes" %}
-    settings: Settings = app.state.settings
-    broker.warn_if_not_durable(settings)
-    app.state.celery = celery = broker.create_celery(settings)
-    app.state.readiness_checks = {
-        "database": partial(db.ping, engine),
-        "broker": partial(blocking.call_blocking, broker.ping, celery),
-    }
-{%- else %}
     app.state.readiness_checks = {"database": partial(db.ping, engine)}
+{%- if cookiecutter.use_celery == "yes" %}
+    broker.warn_if_not_durable(app.state.settings)
+    app.state.celery = celery = broker.create_celery(app.state.settings)
+    app.state.readiness_checks["broker"] = partial(blocking.call_blocking, broker.ping, celery)
 {%- endif %}
     try:
         yield
