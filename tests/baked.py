@@ -214,6 +214,25 @@ class Server:
             time.sleep(0.05)
         return pids
 
+    def connections_to(self, port: int) -> int:
+        """Open TCP connections from this server's processes (master and workers) to
+        `port` on any host: read from /proc, so another process's connections never count."""
+        sockets = set()
+        for pid in (self.process.pid, *self.workers()):
+            with suppress(OSError):  # a worker that just exited
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with suppress(OSError):
+                        sockets.add(os.readlink(fd))
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rpartition(":")[2], 16)
+                established = fields[3] == "01"
+                if established and remote_port == port and f"socket:[{fields[9]}]" in sockets:
+                    count += 1
+        return count
+
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
