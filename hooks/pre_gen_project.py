@@ -34,6 +34,7 @@ DEPENDENCIES = frozenset(
         "alembic",
         "amqp",
         "asyncpg",
+        "bench",
         "billiard",
         "celery",
         "fastapi",

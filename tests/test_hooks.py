@@ -47,6 +47,7 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
             "scenario 'ml_inference' serves a model and keeps no data: answer database=none",
         ),
         (["project_slug=sklearn"], "project_slug 'sklearn' would hide the sklearn package"),
+        (["project_slug=bench"], "project_slug 'bench' would hide the bench package"),
         (
             ["scenario=websocket", "database=postgresql"],
             "scenario 'websocket' relays messages between connected clients and keeps no data",

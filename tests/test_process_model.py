@@ -79,6 +79,37 @@ def test_metrics_count_every_request_across_killed_and_recycled_workers(
     assert requests_counted(metrics, "/items") == sent
 
 
+def test_workers_take_turns_to_recycle(project: Project) -> None:
+    # Without jitter, two evenly loaded workers reach max_requests at the same moment.
+    database = project.database(None)
+
+    with project.serve(
+        workers=2, GUNICORN_CMD_ARGS="--max-requests 300 --max-requests-jitter 0", **database
+    ) as server:
+        with constant_load(server.url, "/health/live", connections=8) as load:
+            time.sleep(6)
+        events = [
+            (entry["message"], entry["pid"])
+            for entry in server.log_entries("uvicorn.error")
+            if entry["message"] == "Application startup complete."
+            or entry["message"].startswith(("recycling after", "past max_requests"))
+        ]
+
+    serving: set[int] = set()
+    fewest = 2
+    for message, pid in events:
+        if message.startswith("recycling"):
+            serving.discard(pid)
+            fewest = min(fewest, len(serving))
+        elif message.startswith("Application"):
+            serving.add(pid)
+    recycles = sum(message.startswith("recycling") for message, _ in events)
+    assert recycles >= 2, f"only {recycles} recycles in 6 s: {events}"
+    assert fewest == 1, f"a worker left while its sibling was not serving: {events}"
+    assert any(message.startswith("past") for message, _ in events), "no worker had to wait"
+    assert load.lost == 0, load
+
+
 def test_master_wipes_metrics_left_by_an_earlier_run(project: Project, tmp_path: Path) -> None:
     # Samples an earlier run left behind, as a crashed master would leave them.
     stale = project.run(

@@ -210,11 +210,22 @@ def test_api_serves_with_a_worker_per_cpu_and_metrics_in_its_runtime_directory(
     metrics_dir = host.run("stat", "--format=%U %a", f"/run/{host.name}/metrics")
     files = host.run("ls", f"/run/{host.name}/metrics").stdout.split()
 
+    def serving() -> set[int]:
+        """Workers that marked themselves serving, for the recycling turns (worker.py)."""
+        files = host.run("ls", f"/run/{host.name}/metrics/serving").stdout.split()
+        return {int(file.removesuffix(".serving")) for file in files if file != "lock"}
+
+    deadline = time.monotonic() + 15  # a worker may still be starting its app
+    while serving() != workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+
     assert (ready.status_code, ready.json()["failed"]) == (200, {})
     assert metrics_dir.stdout.split() == [host.name, "700"]
-    writers = {int(re.sub(r"\D", "", file.rpartition("_")[2])) for file in files}
-    assert files
+    samples = [file for file in files if file.endswith(".db")]
+    writers = {int(re.sub(r"\D", "", file.rpartition("_")[2])) for file in samples}
+    assert samples
     assert writers <= workers
+    assert serving() == workers
     assert host.show(f"{host.name}.service", "StatusText") == "Gunicorn arbiter booted"
 
 

@@ -26,6 +26,7 @@ from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, check
 from {{ cookiecutter.project_slug }}.logs import logging_config
 from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.settings import get_settings
+from {{ cookiecutter.project_slug }}.worker import turns_directory
 
 settings = get_settings()  # exits with one readable line if the configuration is wrong
 cpus = effective_cpu_count()
@@ -93,6 +94,7 @@ logconfig_dict = logging_config(loglevel)
 
 # Metrics from every worker go to files in one directory, summed by /metrics. It must be
 # known before the workers import prometheus_client, and survive reloads: set it once.
+# The workers' recycling turns live in it too (worker.py).
 os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR",
     os.path.join(
@@ -118,11 +120,12 @@ def pre_fork(server: Arbiter, worker: Worker) -> None:
 
 
 def child_exit(server: Arbiter, worker: Worker) -> None:
-    """A dead worker's gauges go; its counters stay, so totals never go backwards."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        from prometheus_client import multiprocess
+    """A dead worker's gauges go; its counters stay, so totals never go backwards. It no
+    longer serves, whatever way it died (worker.py's recycling turns)."""
+    from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    (turns_directory(str(metrics_dir)) / f"{worker.pid}.serving").unlink(missing_ok=True)
 
 
 def on_exit(server: Arbiter) -> None:
