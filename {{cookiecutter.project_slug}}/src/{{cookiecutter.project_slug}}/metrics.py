@@ -6,6 +6,7 @@ those of workers that died or were recycled included, so counters never go backw
 Without the variable (a test, a single process) the process's own registry is served.
 """
 
+import functools
 import os
 
 from fastapi import APIRouter, Response
@@ -36,6 +37,12 @@ IN_PROGRESS = Gauge(
     ["method"],
     multiprocess_mode="livesum",
 )
+
+# The labelled series, each looked up once: `labels()` validates and locks on every call,
+# a measurable share of a fast request's time. Routes and methods are few, so are these.
+answered = functools.cache(REQUESTS.labels)
+timed = functools.cache(DURATION.labels)
+in_progress = functools.cache(IN_PROGRESS.labels)
 
 router = APIRouter(tags=["health"])
 

@@ -15,7 +15,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id
-from .metrics import DURATION, IN_PROGRESS, REQUESTS
+from .metrics import answered, in_progress, timed
 
 access_log = logging.getLogger("access")
 
@@ -32,6 +32,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        method = scope["method"]
         rid = _request_id(scope)
         token = request_id.set(rid)
         status = 500  # what the client gets if the app raises before answering
@@ -42,36 +43,38 @@ class RequestObserver:
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
                 # Counted as the answer starts: a client never sees an uncounted response.
-                REQUESTS.labels(scope["method"], _route(scope), status).inc()
+                answered(method, _route(scope), status).inc()
             await send(message)
 
-        in_progress = IN_PROGRESS.labels(scope["method"])
-        in_progress.inc()
+        running = in_progress(method)
+        running.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
             if status == 500:  # nothing was sent: the server's error handler answers 500
-                REQUESTS.labels(scope["method"], _route(scope), status).inc()
+                answered(method, _route(scope), status).inc()
             raise
         finally:
-            in_progress.dec()
+            running.dec()
             elapsed = time.perf_counter() - started
             route = _route(scope)
-            DURATION.labels(scope["method"], route).observe(elapsed)
-            access_log.info(
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "client": scope["client"][0] if scope.get("client") else None,
-                },
-            )
+            timed(method, route).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_log.info(
+                    "%s %s %d",
+                    method,
+                    scope["path"],
+                    status,
+                    extra={
+                        "method": method,
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "client": client[0] if client else None,
+                    },
+                )
             request_id.reset(token)
 
 
