@@ -24,6 +24,10 @@ cgroup    (e) inside a cgroup with a quota of one CPU, on a host taken to have 1
           and the time until every worker has booted.
 database  (f) GET /items/{id} on PostgreSQL: the generated service (SQLAlchemy) with 1 to 3
           workers, the same FastAPI service on raw asyncpg, and a bare ASGI app on asyncpg.
+instructions  (g) CPU instructions per GET /health/live in-process (no server), counted by
+          valgrind's callgrind: the full stack, the same without its access log, and bare
+          FastAPI. Counts are repeatable whatever else the machine does: the noise-free
+          view of what the middleware costs. Needs valgrind.
 
 Every round runs each configuration once, in a rotating order, so all of them see the same
 machine noise; the tables give medians over the rounds, and ratios. The machines we run on
@@ -63,7 +67,7 @@ POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 HOST_CPUS_PRETENDED = 16
-SECTIONS = ("servers", "cgroup", "database")
+SECTIONS = ("servers", "cgroup", "database", "instructions")
 LOADS: list[float] = []  # the 1-minute load average at the start of every round
 
 
@@ -546,6 +550,48 @@ def versions() -> dict[str, str]:
     return found
 
 
+def instructions_section(args: argparse.Namespace) -> dict[str, object]:
+    """Instructions per request: a run of `many` requests minus a run of `few`, so that
+    start-up and import cost cancel out."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.exit("the instructions section needs valgrind (apt-get install valgrind)")
+    few, many = 100, 600
+    rows = []
+    for name, variant in (
+        ("generated service, full stack", "full"),
+        ("generated service without its access log", "full-without-access-log"),
+        ("bare FastAPI (the service without its middleware)", "bare"),
+    ):
+        counts = []
+        for requests in (few, many):
+            LOADS.append(os.getloadavg()[0])
+            run = subprocess.run(
+                [
+                    valgrind,
+                    "--tool=callgrind",
+                    "--callgrind-out-file=/dev/null",
+                    sys.executable,
+                    str(HERE / "in_process.py"),
+                    variant,
+                    str(requests),
+                ],
+                cwd=PROJECT,
+                env=ENV,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            collected = re.search(r"Collected : (\d+)", run.stderr)
+            if collected is None:
+                raise RuntimeError(f"callgrind printed no count:\n{run.stderr}")
+            counts.append(int(collected[1]))
+        per_request = (counts[1] - counts[0]) / (many - few)
+        rows.append({"name": name, "instructions": per_request})
+        print(f"{name}: {per_request:,.0f} instructions a request", flush=True)
+    return {"rows": rows, "requests": [few, many]}
+
+
 def table(rows_: list[dict[str, float]], base: str, extra: tuple[str, ...] = ()) -> str:
     reference = next(row for row in rows_ if row["name"] == base)
     head = "| configuration | workers | req/s | vs generated | p99 ms | PSS MiB |"
@@ -675,6 +721,30 @@ def report(results: dict[str, object]) -> str:
             ],
             "![GET /items/{id}](performance/database.png)",
         )
+    if instructions := results.get("instructions"):
+        full, quiet, bare = (row["instructions"] for row in instructions["rows"])
+        few, many = instructions["requests"]
+        out += [
+            "### (g) CPU instructions per GET /health/live, in-process, counted by callgrind",
+            "",
+            f"Measured {instructions['when']}; each figure is (run of {many:,} requests - run "
+            f"of {few:,}) / {many - few:,}, so imports and start-up cancel out. No server: "
+            "the app is called with ASGI messages directly.",
+            "",
+            "| configuration | instructions a request | vs bare FastAPI |",
+            "|---|---:|---:|",
+            *(
+                f"| {row['name']} | {row['instructions']:,.0f} | {row['instructions'] / bare:.2f} |"
+                for row in instructions["rows"]
+            ),
+            "",
+            f"- bare FastAPI / full stack, in-process: **{bare / full:.2f}** (the servers' own "
+            "work, the same for both, is not in these counts, so over a real server the ratio "
+            "is higher)",
+            f"- the access log line: {full - quiet:,.0f} instructions, "
+            f"{(full - quiet) / (full - bare):.0%} of what the stack adds",
+            "",
+        ]
     return "\n".join(out)
 
 
