@@ -213,7 +213,7 @@ def test_api_serves_with_a_worker_per_cpu_and_metrics_in_its_runtime_directory(
     def serving() -> set[int]:
         """Workers that marked themselves serving, for the recycling turns (worker.py)."""
         files = host.run("ls", f"/run/{host.name}/metrics/serving").stdout.split()
-        return {int(file.removesuffix(".serving")) for file in files if file != "lock"}
+        return {int(file.removesuffix(".serving")) for file in files if file.endswith(".serving")}
 
     deadline = time.monotonic() + 15  # a worker may still be starting its app
     while serving() != workers and time.monotonic() < deadline:

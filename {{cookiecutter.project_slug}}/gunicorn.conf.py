@@ -26,7 +26,7 @@ from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, check
 from {{ cookiecutter.project_slug }}.logs import logging_config
 from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.settings import get_settings
-from {{ cookiecutter.project_slug }}.worker import turns_directory
+from {{ cookiecutter.project_slug }}.worker import serving_marker
 
 settings = get_settings()  # exits with one readable line if the configuration is wrong
 cpus = effective_cpu_count()
@@ -125,7 +125,7 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
-    (turns_directory(str(metrics_dir)) / f"{worker.pid}.serving").unlink(missing_ok=True)
+    serving_marker(str(metrics_dir), worker.pid).unlink(missing_ok=True)
 
 
 def on_exit(server: Arbiter) -> None:

@@ -63,15 +63,21 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+def serving_marker(metrics_dir: str, pid: int) -> Path:
+    """The file that says worker `pid` serves: beside the metrics samples, which already
+    live where every worker can write."""
+    return Path(metrics_dir) / "serving" / f"{pid}.serving"
+
+
 class Turns:
     """Which workers serve: one empty file each, in a directory the master wipes at start
     and clears of dead workers (gunicorn.conf.py). A worker may leave while every other one
     serves; deciding under an exclusive lock keeps two from leaving on the same count."""
 
-    def __init__(self, directory: Path, workers: int) -> None:
-        self.directory = directory
+    def __init__(self, metrics_dir: str, workers: int) -> None:
+        self.mine = serving_marker(metrics_dir, os.getpid())
+        self.directory = self.mine.parent
         self.workers = workers
-        self.mine = directory / f"{os.getpid()}.serving"
 
     def serving(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -86,11 +92,6 @@ class Turns:
                 return False
             self.mine.unlink(missing_ok=True)
             return True
-
-
-def turns_directory(metrics_dir: str) -> Path:
-    """Beside the metrics samples, which already live where every worker can write."""
-    return Path(metrics_dir) / "serving"
 
 
 class RecyclingServer(Server):
@@ -153,4 +154,4 @@ class Worker(UvicornWorker):
         metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set by gunicorn.conf.py
         if metrics_dir is None:
             return None
-        return Turns(turns_directory(metrics_dir), self.cfg.workers)
+        return Turns(metrics_dir, self.cfg.workers)
