@@ -54,6 +54,9 @@ if settings.db_max_connections < workers:
         f"the number of workers ({workers}): each worker needs at least one connection"
     )
 os.environ["SERVICE_WORKERS"] = str(workers)
+# Settings were read above, before the worker count was known, and are cached: read them
+# again when the app is created, or each worker's pool would take the whole budget.
+get_settings.cache_clear()
 {%- endif %}
 default_host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
 bind = [settings.bind or f"{default_host}:{settings.port}"]
