@@ -1,9 +1,11 @@
 """Every log line of a request carries its request id, the access log line included."""
 
+import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -14,9 +16,13 @@ from {{ cookiecutter.project_slug }}.logs import JsonFormatter
 pytestmark = pytest.mark.anyio
 
 
+Logged = Callable[[], list[dict[str, Any]]]
+
+
 @pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """What the service logs during the test, as its JSON lines."""
+def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Logged]:
+    """What the service logged so far, its JSON lines parsed: the lines through `logging`,
+    then the access log's, which it writes to stdout itself."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
@@ -24,22 +30,24 @@ def log_lines() -> Iterator[io.StringIO]:
     root.addHandler(handler)
     previous_level = root.level
     root.setLevel(logging.INFO)  # setLevel, not .level =: it clears the loggers' caches
-    yield stream
+    yield lambda: [
+        json.loads(line) for line in (stream.getvalue() + capsys.readouterr().out).splitlines()
+    ]
     root.removeHandler(handler)
     root.setLevel(previous_level)
 
 
 async def test_request_id_is_echoed_and_on_every_line_of_the_request(
-    app: FastAPI, client: httpx.AsyncClient, log_lines: io.StringIO
+    app: FastAPI, client: httpx.AsyncClient, logged: Logged
 ) -> None:
     @app.get("/chatty")
     async def chatty() -> None:
         logging.getLogger("{{ cookiecutter.project_slug }}.chatty").info("working on it")
 
     response = await client.get("/chatty", headers={"X-Request-ID": "req-42"})
+    await asyncio.sleep(0)  # the access log writes as this turn of the event loop ends
 
-    logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
-    lines = [line for line in logged if line["logger"] != "httpx"]  # the test's own client
+    lines = [line for line in logged() if line["logger"] != "httpx"]  # the test's own client
     assert response.headers["x-request-id"] == "req-42"
     assert {line["logger"] for line in lines} == {"{{ cookiecutter.project_slug }}.chatty", "access"}
     assert all(line["request_id"] == "req-42" for line in lines)
@@ -57,3 +65,19 @@ async def test_a_missing_or_unsafe_request_id_is_replaced(
 
     assert response.headers["x-request-id"] != sent
     assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_the_access_log_line_is_json_whatever_the_path(
+    client: httpx.AsyncClient, logged: Logged
+) -> None:
+    # Percent-decoded by the server: a quote, a newline and a non-ASCII letter in the path.
+    await client.get("/nope/%22%0A%E2%9C%93")
+    await asyncio.sleep(0)
+
+    (access,) = [line for line in logged() if line["logger"] == "access"]
+    assert access["path"] == '/nope/"\n✓'
+    assert (access["route"], access["status"], access["message"]) == (
+        "unmatched",
+        404,
+        'GET /nope/"\n✓ 404',
+    )

@@ -14,10 +14,10 @@ import time
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .logs import request_id
+from .logs import AccessLog, request_id
 from .metrics import answered, in_progress, timed
 
-access_log = logging.getLogger("access")
+access_log = AccessLog()
 
 # A client's X-Request-ID is kept only if it is short and plain, so it cannot forge log lines.
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -59,21 +59,10 @@ class RequestObserver:
             elapsed = time.perf_counter() - started
             route = _route(scope)
             timed(method, route).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
+            if access_log.logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
-                access_log.info(
-                    "%s %s %d",
-                    method,
-                    scope["path"],
-                    status,
-                    extra={
-                        "method": method,
-                        "path": scope["path"],
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "client": client[0] if client else None,
-                    },
+                access_log.write(
+                    method, scope["path"], route, status, elapsed, client[0] if client else None
                 )
             request_id.reset(token)
 
