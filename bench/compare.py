@@ -314,7 +314,9 @@ def servers_section(args: argparse.Namespace) -> dict[str, object]:
     # no worker serves (gunicorn.conf.py now turns recycling off for a single worker, and
     # workers take turns). One row measures the service as shipped, gunicorn.conf.py as is.
     gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--max-requests", "0"]
-    metrics_dir = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-")}
+    # On tmpfs where there is one, as gunicorn.conf.py puts it for the Gunicorn rows.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    metrics_dir = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-", dir=shm)}
     logs = str(log_config_file())
     factory = "my_service.main:create_app"
     seed_workers = 2 * cpus + 1
