@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -77,6 +78,24 @@ def test_metrics_count_every_request_across_killed_and_recycled_workers(
     assert (before_kill.lost, after_kill.lost) == (0, 0)
     assert len(pids_seen) >= 4, "no worker was recycled by max_requests"
     assert requests_counted(metrics, "/items") == sent
+
+
+def test_every_answer_has_its_access_log_line_a_graceful_stop_included(
+    project: Project,
+) -> None:
+    # Each worker writes the lines of a turn of its event loop together, after that turn.
+    with project.serve(workers=2, **project.database(None)) as server:
+        with constant_load(server.url, "/health/ready", connections=16) as load:
+            time.sleep(2)
+            server.stop()  # SIGTERM under load: the workers drain and exit
+        logged = Counter(
+            entry["status"]
+            for entry in server.log_entries("access")
+            if entry["path"] == "/health/ready"
+        )
+
+    assert load.ok > 100, load
+    assert logged == load.answered
 
 
 def test_workers_take_turns_to_recycle(project: Project) -> None:

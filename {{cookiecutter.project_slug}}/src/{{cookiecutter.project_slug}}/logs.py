@@ -69,10 +69,11 @@ _ACCESS_LINE = (
 class AccessLog:
     """One line per answered request, shaped as JsonFormatter's lines, written to stdout.
 
-    The busiest log there is, so it bypasses `logging`: a record, a handler's lock and a
-    formatter took about 9 µs a line, most of what observing a request costs; this takes
-    under 2 (docs/performance.md). The `access` logger stays its switch: LOG_LEVEL above
-    info, or disabling that logger, turns it off. Call it from the event loop only.
+    The busiest log there is, so it bypasses `logging`: a record, a handler's lock, the
+    formatter and a flush took about 9 µs a line, most of what observing a request cost;
+    this takes about 2.5, and a turn's lines share one write. The `access` logger stays its
+    switch: LOG_LEVEL above info, or disabling that logger, turns it off. Call it from the
+    event loop only.
     """
 
     def __init__(self) -> None:
