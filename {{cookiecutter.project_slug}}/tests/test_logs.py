@@ -4,14 +4,17 @@ import asyncio
 import io
 import json
 import logging
+import select
+import sys
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from {{ cookiecutter.project_slug }}.logs import JsonFormatter
+from {{ cookiecutter.project_slug }}.logs import AccessLog, JsonFormatter
 
 pytestmark = pytest.mark.anyio
 
@@ -81,3 +84,21 @@ async def test_the_access_log_line_is_json_whatever_the_path(
         404,
         'GET /nope/"\n✓ 404',
     )
+
+
+async def test_a_turns_access_lines_go_out_whole_at_most_pipe_buf_bytes_a_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Such writes to a pipe are atomic: another worker's line never lands inside one.
+    writes: list[str] = []
+    monkeypatch.setattr(sys, "stdout", SimpleNamespace(write=writes.append, flush=lambda: None))
+    access_log = AccessLog()
+    for n in range(100):
+        access_log.write("GET", "/" + "x" * n * 10, "unmatched", 404, 0.001, None)
+
+    await asyncio.sleep(0)  # the end of this turn of the event loop
+
+    assert len(writes) > 1
+    assert all(len(text) <= select.PIPE_BUF and text.endswith("\n") for text in writes)
+    paths = [json.loads(line)["path"] for line in "".join(writes).splitlines()]
+    assert paths == ["/" + "x" * n * 10 for n in range(100)]

@@ -1,9 +1,11 @@
 """Structured logs: one JSON object a line, carrying the request id of the request it is about."""
 
 import asyncio
+import atexit
 import json
 import logging
 import os
+import select
 import sys
 import time
 from contextvars import ContextVar
@@ -52,10 +54,10 @@ _second: tuple[int, str] = (0, "")
 def _timestamp(created: float) -> str:
     """ISO 8601 in UTC to the millisecond: 2026-11-27T16:40:00.123+00:00."""
     global _second
-    second = int(created)
-    if _second[0] != second:
-        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second[1]}.{int((created - second) * 1000):03d}+00:00"
+    second, cached = int(created), _second  # one read: thread-pool threads log too
+    if cached[0] != second:
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
 
 
 # Every text a client could choose is quoted by json; request ids are plain (middleware.py).
@@ -71,9 +73,9 @@ class AccessLog:
 
     The busiest log there is, so it bypasses `logging`: a record, a handler's lock, the
     formatter and a flush took about 9 µs a line, most of what observing a request cost;
-    this takes about 2.5, and a turn's lines share one write. The `access` logger stays its
-    switch: LOG_LEVEL above info, or disabling that logger, turns it off. Call it from the
-    event loop only.
+    this takes about 2.5, and a turn's lines share their writes. The `access` logger stays
+    its switch: LOG_LEVEL above info, or disabling that logger, turns it off. Call it from
+    the event loop only.
     """
 
     def __init__(self) -> None:
@@ -82,6 +84,8 @@ class AccessLog:
         os.register_at_fork(after_in_child=self._forked)
         self._pending: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None
+        # Lines whose loop closed before their turn's flush ran (Gunicorn's asgi worker's may).
+        atexit.register(self.flush)
 
     def write(
         self, method: str, path: str, route: str, status: int, seconds: float, client: str | None
@@ -109,8 +113,24 @@ class AccessLog:
         )
 
     def flush(self) -> None:
-        lines, self._pending, self._flush_on = "".join(self._pending), [], None
-        sys.stdout.write(lines)
+        lines, self._pending, self._flush_on = self._pending, [], None
+        # Whole lines, at most PIPE_BUF bytes a write (the lines are ASCII): such a write to
+        # a pipe is atomic, so no other process's line lands inside one and no signal cuts
+        # one short, which with PYTHONUNBUFFERED would lose the rest of it.
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > select.PIPE_BUF:
+                self._write(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(chunk)
+
+    @staticmethod
+    def _write(lines: list[str]) -> None:
+        sys.stdout.write("".join(lines))
         sys.stdout.flush()
 
     def _forked(self) -> None:

@@ -62,7 +62,12 @@ class RequestObserver:
             if access_log.logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 access_log.write(
-                    method, scope["path"], route, status, elapsed, client[0] if client else None
+                    method,
+                    scope["path"],
+                    route,
+                    status,
+                    elapsed,
+                    str(client[0]) if client else None,
                 )
             request_id.reset(token)
 
