@@ -87,9 +87,10 @@ async def test_the_access_log_line_is_json_whatever_the_path(
 
 
 async def test_a_turns_access_lines_go_out_whole_at_most_pipe_buf_bytes_a_write(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Such writes to a pipe are atomic: another worker's line never lands inside one.
+    caplog.set_level(logging.INFO, logger="access")
     writes: list[str] = []
     monkeypatch.setattr(sys, "stdout", SimpleNamespace(write=writes.append, flush=lambda: None))
     access_log = AccessLog()

@@ -90,6 +90,8 @@ class AccessLog:
     def write(
         self, method: str, path: str, route: str, status: int, seconds: float, client: str | None
     ) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         # One write for all the requests this turn of the event loop finishes (and for any
         # left by a loop that ended before its turn did, as a test's loop may).
         loop = asyncio.get_running_loop()

@@ -5,7 +5,6 @@ buffering, so the whole stack costs little of the bare endpoint's throughput.
 """
 
 import itertools
-import logging
 import os
 import re
 import secrets
@@ -59,16 +58,10 @@ class RequestObserver:
             elapsed = time.perf_counter() - started
             route = _route(scope)
             timed(method, route).observe(elapsed)
-            if access_log.logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                access_log.write(
-                    method,
-                    scope["path"],
-                    route,
-                    status,
-                    elapsed,
-                    str(client[0]) if client else None,
-                )
+            client = scope.get("client")
+            access_log.write(
+                method, scope["path"], route, status, elapsed, str(client[0]) if client else None
+            )
             request_id.reset(token)
 
 
