@@ -1,7 +1,5 @@
 """Structured logs: one JSON object a line, carrying the request id of the request it is about."""
 
-import asyncio
-import atexit
 import json
 import logging
 import os
@@ -11,6 +9,8 @@ import time
 from contextvars import ContextVar
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
+
+from .turn import EndOfTurn
 
 # Set by RequestObserver for the duration of each request.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -83,21 +83,14 @@ class AccessLog:
         self._pid = os.getpid()
         os.register_at_fork(after_in_child=self._forked)
         self._pending: list[str] = []
-        self._flush_on: asyncio.AbstractEventLoop | None = None
-        # Lines whose loop closed before their turn's flush ran (Gunicorn's asgi worker's may).
-        atexit.register(self.flush)
+        self._turn = EndOfTurn(self.flush)
 
     def write(
         self, method: str, path: str, route: str, status: int, seconds: float, client: str | None
     ) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        # One write for all the requests this turn of the event loop finishes (and for any
-        # left by a loop that ended before its turn did, as a test's loop may).
-        loop = asyncio.get_running_loop()
-        if self._flush_on is not loop:
-            loop.call_soon(self.flush)
-            self._flush_on = loop
+        self._turn.schedule()
         self._pending.append(
             _ACCESS_LINE
             % (
@@ -115,7 +108,7 @@ class AccessLog:
         )
 
     def flush(self) -> None:
-        lines, self._pending, self._flush_on = self._pending, [], None
+        lines, self._pending = self._pending, []
         # Whole lines, at most PIPE_BUF bytes a write (the lines are ASCII): such a write to
         # a pipe is atomic, so no other process's line lands inside one and no signal cuts
         # one short, which with PYTHONUNBUFFERED would lose the rest of it.
@@ -137,7 +130,7 @@ class AccessLog:
 
     def _forked(self) -> None:
         self._pid = os.getpid()
-        self._pending, self._flush_on = [], None
+        self._pending = []
 
 
 def logging_config(level: str) -> dict[str, Any]:

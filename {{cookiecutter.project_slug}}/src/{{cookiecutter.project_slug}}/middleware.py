@@ -14,9 +14,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import AccessLog, request_id
-from .metrics import answered, in_progress, timed
+from .metrics import RequestMetrics
 
 access_log = AccessLog()
+request_metrics = RequestMetrics()
 
 # A client's X-Request-ID is kept only if it is short and plain, so it cannot forge log lines.
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -34,7 +35,7 @@ class RequestObserver:
         method = scope["method"]
         rid = _request_id(scope)
         token = request_id.set(rid)
-        status = 500  # what the client gets if the app raises before answering
+        status = 0  # until the answer starts
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -42,22 +43,19 @@ class RequestObserver:
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
                 # Counted as the answer starts: a client never sees an uncounted response.
-                answered(method, _route(scope), status).inc()
+                request_metrics.answered(method, _route(scope), status)
             await send(message)
 
-        running = in_progress(method)
-        running.inc()
+        request_metrics.started(method)
         try:
             await self.app(scope, receive, send_with_id)
-        except BaseException:
-            if status == 500:  # nothing was sent: the server's error handler answers 500
-                answered(method, _route(scope), status).inc()
-            raise
         finally:
-            running.dec()
             elapsed = time.perf_counter() - started
             route = _route(scope)
-            timed(method, route).observe(elapsed)
+            if not status:  # the app raised (or returned) before answering: the server says 500
+                status = 500
+                request_metrics.answered(method, route, status)
+            request_metrics.finished(method, route, elapsed)
             client = scope.get("client")
             access_log.write(
                 method, scope["path"], route, status, elapsed, str(client[0]) if client else None
