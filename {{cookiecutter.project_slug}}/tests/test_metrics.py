@@ -14,13 +14,13 @@ from {{ cookiecutter.project_slug }}.middleware import RequestObserver
 pytestmark = pytest.mark.anyio
 
 
-async def in_progress() -> float:
-    await asyncio.sleep(0)  # the gauge is written as the turn ends
-    return REGISTRY.get_sample_value("http_requests_in_progress", {"method": "GET"}) or 0.0
-
-
 def sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def in_progress() -> float:
+    await asyncio.sleep(0)  # the gauge is written as the turn ends
+    return sample("http_requests_in_progress", {"method": "GET"})
 
 
 async def test_a_request_is_in_progress_until_it_is_answered() -> None:
