@@ -60,12 +60,15 @@ def _timestamp(created: float) -> str:
     return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
 
 
-# Every text a client could choose is quoted by json; request ids are plain (middleware.py).
-_ACCESS_LINE = (
-    '{"time": "%s", "level": "info", "logger": "access", "pid": %d, "message": %s, '
-    '"request_id": "%s", "method": %s, "path": %s, "route": %s, "status": %d, '
-    '"duration_ms": %r, "client": %s}\n'
-)
+def _access_line(pid: int) -> str:
+    """The format of this process's access lines: the pid is filled in once, not per line.
+    Every text a client could choose is quoted by json; request ids are plain (middleware.py).
+    """
+    return (
+        '{"time": "%s", "level": "info", "logger": "access", "pid": ' + str(pid) + ", "
+        '"message": %s, "request_id": "%s", "method": %s, "path": %s, "route": %s, '
+        '"status": %d, "duration_ms": %.2f, "client": %s}\n'
+    )
 
 
 class AccessLog:
@@ -80,7 +83,7 @@ class AccessLog:
 
     def __init__(self) -> None:
         self.logger = logging.getLogger("access")
-        self._pid = os.getpid()
+        self._line = _access_line(os.getpid())
         os.register_at_fork(after_in_child=self._forked)
         self._pending: list[str] = []
         self._turn = EndOfTurn(self.flush)
@@ -92,17 +95,16 @@ class AccessLog:
             return
         self._turn.schedule()
         self._pending.append(
-            _ACCESS_LINE
+            self._line
             % (
                 _timestamp(time.time()),
-                self._pid,
                 _quote(f"{method} {path} {status}"),
                 request_id.get(),
                 _quote(method),
                 _quote(path),
                 _quote(route),
                 status,
-                round(seconds * 1000, 2),
+                seconds * 1000,
                 "null" if client is None else _quote(client),
             )
         )
@@ -129,7 +131,7 @@ class AccessLog:
         sys.stdout.flush()
 
     def _forked(self) -> None:
-        self._pid = os.getpid()
+        self._line = _access_line(os.getpid())
         self._pending = []
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Awaitable
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,24 +37,26 @@ class RequestObserver:
         rid = _request_id(scope)
         token = request_id.set(rid)
         status = 0  # until the answer starts
+        route = ""
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
+        # A plain function returning send's awaitable: no coroutine of its own per message.
+        def send_with_id(message: Message) -> Awaitable[None]:
+            nonlocal status, route
             if message["type"] == "http.response.start":
                 status = message["status"]
+                route = _route(scope)
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
                 # Counted as the answer starts: a client never sees an uncounted response.
-                request_metrics.answered(method, _route(scope), status)
-            await send(message)
+                request_metrics.answered(method, route, status)
+            return send(message)
 
         request_metrics.started(method)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = _route(scope)
             if not status:  # the app raised (or returned) before answering: the server says 500
-                status = 500
+                status, route = 500, _route(scope)
                 request_metrics.answered(method, route, status)
             request_metrics.finished(method, route, elapsed)
             client = scope.get("client")
