@@ -103,3 +103,20 @@ async def test_a_turns_access_lines_go_out_whole_at_most_pipe_buf_bytes_a_write(
     assert all(len(text) <= select.PIPE_BUF and text.endswith("\n") for text in writes)
     paths = [json.loads(line)["path"] for line in "".join(writes).splitlines()]
     assert paths == ["/" + "x" * n * 10 for n in range(100)]
+
+
+def test_times_are_utc_to_the_millisecond_from_one_line_to_the_next() -> None:
+    # Formatted times are reused within a millisecond and a second: none may go stale.
+    created = [1764300000.1234, 1764300000.1239, 1764300000.9999, 1764300001.0, 1764300061.5]
+    formatted = [
+        json.loads(JsonFormatter().format(logging.makeLogRecord({"created": at})))["time"]
+        for at in created
+    ]
+
+    assert formatted == [
+        "2025-11-28T03:20:00.123+00:00",
+        "2025-11-28T03:20:00.123+00:00",
+        "2025-11-28T03:20:00.999+00:00",
+        "2025-11-28T03:20:01.000+00:00",
+        "2025-11-28T03:21:01.500+00:00",
+    ]

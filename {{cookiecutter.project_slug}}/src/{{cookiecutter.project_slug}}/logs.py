@@ -1,5 +1,6 @@
 """Structured logs: one JSON object a line, carrying the request id of the request it is about."""
 
+import functools
 import json
 import logging
 import os
@@ -47,17 +48,23 @@ class JsonFormatter(logging.Formatter):
         return _encode(entry)
 
 
-# The last second formatted: lines come many to a second, and strftime is the slow part.
-_second: tuple[int, str] = (0, "")
+# The last millisecond formatted: under load, lines come several to a millisecond.
+_last: tuple[int, str] = (-1, "")
 
 
 def _timestamp(created: float) -> str:
     """ISO 8601 in UTC to the millisecond: 2026-11-27T16:40:00.123+00:00."""
-    global _second
-    second, cached = int(created), _second  # one read: thread-pool threads log too
-    if cached[0] != second:
-        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{cached[1]}.{int((created - second) * 1000):03d}+00:00"
+    global _last
+    millisecond, last = int(created * 1000), _last  # one read: thread-pool threads log too
+    if last[0] != millisecond:
+        second, fraction = divmod(millisecond, 1000)
+        last = _last = (millisecond, f"{_date_and_time(second)}.{fraction:03d}+00:00")
+    return last[1]
+
+
+@functools.lru_cache(maxsize=1)  # the second of the lines before: strftime is the slow part
+def _date_and_time(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def _access_line(pid: int) -> str:
