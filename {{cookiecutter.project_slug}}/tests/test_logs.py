@@ -108,6 +108,7 @@ async def test_a_turns_access_lines_go_out_whole_at_most_pipe_buf_bytes_a_write(
 def test_times_are_utc_to_the_millisecond_from_one_line_to_the_next() -> None:
     # Formatted times are reused within a millisecond and a second: none may go stale.
     created = [1764300000.1234, 1764300000.1239, 1764300000.9999, 1764300001.0, 1764300061.5]
+    created.append(1764300000.5)  # a clock set back
     formatted = [
         json.loads(JsonFormatter().format(logging.makeLogRecord({"created": at})))["time"]
         for at in created
@@ -119,4 +120,5 @@ def test_times_are_utc_to_the_millisecond_from_one_line_to_the_next() -> None:
         "2025-11-28T03:20:00.999+00:00",
         "2025-11-28T03:20:01.000+00:00",
         "2025-11-28T03:21:01.500+00:00",
+        "2025-11-28T03:20:00.500+00:00",
     ]

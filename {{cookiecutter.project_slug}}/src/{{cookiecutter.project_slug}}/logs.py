@@ -62,7 +62,8 @@ def _timestamp(created: float) -> str:
     return last[1]
 
 
-@functools.lru_cache(maxsize=1)  # the second of the lines before: strftime is the slow part
+# Only the latest second is kept: strftime is the slow part, and its text changes once a second.
+@functools.lru_cache(maxsize=1)
 def _date_and_time(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 

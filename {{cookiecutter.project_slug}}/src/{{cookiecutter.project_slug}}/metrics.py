@@ -46,8 +46,10 @@ class Answers(Counter):
     """A Counter whose labelled series can also count one answer with a single call."""
 
     def count_one(self) -> None:
-        """inc() on a labelled series, without its three calls that check the labels and
-        the amount: it runs on every request."""
+        """inc() on a labelled series (not on the metric itself), without its three calls
+        that check the labels and the amount: it runs on every request. It uses
+        prometheus_client's `_value`, which every series has; tests/test_metrics.py fails
+        if a release renames it."""
         self._value.inc(1)
 
 

@@ -77,7 +77,8 @@ def _request_id(scope: Scope) -> str:
 
 # New request ids: 32 hex digits, a random prefix per process and a counter. Unique, and
 # without uuid4's system call for random bytes on every request. The counter starts at
-# 2**60, so it is always 16 hex digits without the slower zero-padding format.
+# 2**60, so it is always 16 hex digits without the slower zero-padding format (and a
+# new id's 17th digit is always 1).
 _id_counter = itertools.count(1 << 60)
 _id_prefix = secrets.token_hex(8)
 
