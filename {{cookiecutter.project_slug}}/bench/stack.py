@@ -1,12 +1,12 @@
 """How much throughput the middleware stack costs: `make bench`.
 
 Serves /health/live from the full app and from the bare one (the same service with its
-middleware taken off) under the same Gunicorn configuration, alternating rounds so that
-both see the same machine noise, and prints the median requests per second and p99 of
-each as a Markdown table, then their ratio. The full app logs every request at `info`, as
-in production (to /dev/null here); neither recycles its workers during the run. With two
-CPUs or more, Gunicorn is pinned to the last one and wrk to the others
-(`harness.split_cpus`). Needs wrk (`apt-get install wrk`).
+middleware taken off) under the same Gunicorn configuration, in alternating runs (each app
+first in every other round) so that both see the same machine noise, and prints the
+median requests per second and p99 of each as a Markdown table, then their ratio. The full
+app logs every request at `info`, as in production (to /dev/null here); neither recycles
+its workers during the run. With two CPUs or more, Gunicorn is pinned to the last one and
+wrk to the others (`harness.split_cpus`). Needs wrk (`apt-get install wrk`).
 """
 
 import os
@@ -31,8 +31,11 @@ def main() -> None:
     wrk_path()
     runs: dict[str, list[dict[str, float]]] = {"bare": [], "full": []}
     for round_number in range(1, ROUNDS + 1):
-        for name, done in runs.items():
-            done.append(run := measure(f"bench.apps:{name}"))
+        # Each app goes first in every other round: whatever favours the first (or second)
+        # run of a round then falls on both alike.
+        order = list(runs) if round_number % 2 else list(reversed(runs))
+        for name in order:
+            runs[name].append(run := measure(f"bench.apps:{name}"))
             print(
                 f"round {round_number}: {name:4} {run['rate']:9.0f} req/s, "
                 f"p99 {run['p99_ms']:6.2f} ms",
