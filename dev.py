@@ -4,6 +4,9 @@
 python3 dev.py serve   bake the default scenario into .scratch/ and serve it under
                        Gunicorn on embedded defaults (SQLite; no other service needed)
 python3 dev.py test    run the template's whole test suite; arguments go to pytest
+python3 dev.py test --quick
+                       the quick tier: the hooks' rules, every supported bake linted,
+                       one baked suite and the deployment checks
 """
 
 import os
@@ -104,6 +107,12 @@ def test(pytest_args: list[str]) -> None:
     load_generator()
     path = [tools(), debian_tools(), os.environ["PATH"]]
     env = {**os.environ, "PATH": os.pathsep.join(map(str, path))}
+    if "--quick" in pytest_args:
+        pytest_args = ["-m", "quick", *(arg for arg in pytest_args if arg != "--quick")]
+    # The tests spend most of their time waiting on servers they started: one xdist worker
+    # per CPU, each taking the next test as it frees up. `-n 0` runs them one by one.
+    if not any(arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
+        pytest_args = ["--numprocesses", "auto", "--dist", "worksteal", *pytest_args]
     sys.exit(
         subprocess.run(
             [TOOLS / "bin" / "python", "-m", "pytest", *pytest_args], cwd=ROOT, env=env

@@ -1,12 +1,16 @@
 """Refuse answers the template cannot honour, before a single file is written.
 
 Each refusal is one sentence that names the bad answer and says what would work.
+The rules are one pure function, problems(); only running this file as the hook acts on
+them, so tests import it and call problems() with answers of their own.
 """
 
 import keyword
 import re
 import sys
 
+# Cookiecutter renders these before it runs the hook; imported unrendered (as the tests do),
+# they are the placeholders themselves, which nothing at import looks at.
 ANSWERS = {
     "project_slug": "{{ cookiecutter.project_slug }}",
     "scenario": "{{ cookiecutter.scenario }}",
@@ -67,6 +71,7 @@ DEPENDENCIES = frozenset(
 
 
 def problems(answers: dict[str, str]) -> list[str]:
+    """Every refusal the answers (keyed as ANSWERS is) earn, in order; none if they are good."""
     slug = answers["project_slug"]
     found = []
     if not slug.isidentifier() or not slug.isascii():

@@ -1,7 +1,9 @@
 """A baked project, and a real Gunicorn serving it."""
 
+import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,8 +17,52 @@ from typing import Any
 
 import httpx
 
+from .services import redis_prefix
+
 TEMPLATE = Path(__file__).parent.parent
-BAKED_VENV = TEMPLATE / ".cache" / "baked-venv"
+CACHE = TEMPLATE / ".cache"
+# One mypy cache for every bake: the dependencies' types are read once, not per bake.
+MYPY_CACHE = CACHE / "mypy"
+
+
+@contextmanager
+def exclusively(path: Path) -> Iterator[None]:
+    """Hold a lock named after `path` (xdist's workers share the baked environments)."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+def find_interpreter(version: str) -> str | None:
+    """A Python of this major.minor version: pyenv's, or any that `uv python find` sees."""
+    if shutil.which("pyenv"):
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True)
+        versions = Path(root.stdout.strip(), "versions")
+        if found := sorted(versions.glob(f"{version}.*/bin/python{version}")):
+            return str(found[-1])
+    uv = subprocess.run(
+        ["uv", "python", "find", "--system", version], capture_output=True, text=True, check=False
+    )
+    return uv.stdout.strip() if uv.returncode == 0 else None
+
+
+def venv_for(interpreter: str) -> Path:
+    """The environment shared by every bake on this interpreter's Python version."""
+    version = subprocess.run(
+        [interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    venv = CACHE / f"baked-venv-{version}"
+    with exclusively(venv):
+        if not (venv / "bin" / "python").exists():
+            subprocess.run(
+                ["uv", "venv", "--quiet", "--python", interpreter, str(venv)], check=True
+            )
+    return venv
 
 
 @dataclass
@@ -40,6 +86,9 @@ class Project:
             "PATH": f"{self.venv / 'bin'}:{os.environ['PATH']}",
             # Several bakes share one slug and one environment: import this bake's code.
             "PYTHONPATH": str(self.path / "src"),
+            "MYPY_CACHE_DIR": str(MYPY_CACHE),
+            # Redis keys and channels of this test worker's own (tests/services.py).
+            "REDIS_KEY_PREFIX": redis_prefix(),
         }
 
     def run(self, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -54,6 +103,12 @@ class Project:
         )
 
     def make(self, target: str, **env: str) -> subprocess.CompletedProcess[str]:
+        # Every target installs first if it must; that step is one bake at a time.
+        with exclusively(self.venv):
+            installed = self._make("install", **env)
+        return installed if target == "install" else self._make(target, **env)
+
+    def _make(self, target: str, **env: str) -> subprocess.CompletedProcess[str]:
         result = self.run("make", target, f"VENV={self.venv}", **env)
         assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
         return result

@@ -1,19 +1,25 @@
-"""Fixtures for the template's tests: bakes, one shared virtual environment, real services.
+"""Fixtures for the template's tests: bakes, shared virtual environments, real services.
 
-Every baked project installs into one virtual environment (.cache/baked-venv), so a bake
-costs seconds, not a fresh install. With REQUIRE_SERVICES=1 (CI) a real service that
-cannot be reached fails the tests that need it instead of skipping them.
+Every baked project installs into one virtual environment per Python version
+(.cache/baked-venv-<version>), so a bake costs seconds, not a fresh install. With
+REQUIRE_SERVICES=1 (CI) a real service or tool that cannot be reached fails the tests that
+need it instead of skipping them. The run keeps to its own database, Redis prefixes and
+RabbitMQ vhosts on the shared servers (tests/services.py) and removes them when it ends.
 """
 
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from .baked import BAKED_VENV, TEMPLATE, Project
+from . import services
+from .baked import TEMPLATE, Project, find_interpreter, venv_for
 
 # use_celery is left to its default, which follows the scenario (yes for batch).
 DEFAULTS = {"database": "postgresql", "kubernetes": "no"}
@@ -29,9 +35,6 @@ EVERY_DEPENDENCY = (
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Lines the run prints at its end: figures a reader of CI's log wants to see.
 SUMMARY: list[str] = []
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 
 
 def answers_for(scenario: str) -> dict[str, str]:
@@ -58,55 +61,130 @@ def supported_combinations() -> list[dict[str, str]]:
     ] + [{**EVERY_DEPENDENCY[0], "python_version": "3.11"}]
 
 
+def leads_the_run(config: pytest.Config) -> bool:
+    """The pytest process that leads the run: the only one, or xdist's controller."""
+    return not hasattr(config, "workerinput")
+
+
+def deployment_combinations() -> list[dict[str, str]]:
+    """One supported combination per scenario, kubernetes and use_celery answer: the
+    deployment artifacts do not change with the Python version beyond its number."""
+    chosen: dict[tuple[str, ...], dict[str, str]] = {}
+    for answers in supported_combinations():
+        key = (answers["scenario"], answers["kubernetes"], answers.get("use_celery", ""))
+        chosen.setdefault(key, answers)
+    return list(chosen.values())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not leads_the_run(config):
+        services.RUN_PID = config.workerinput["run_pid"]  # type: ignore[attr-defined]
+        return
+    for service in (services.Postgres(), services.Redis(), services.RabbitMQ()):
+        with suppress(Exception):  # unreachable: the fixtures that need it say so
+            if swept := service.sweep():
+                SUMMARY.append(f"removed what killed runs left: {', '.join(swept)}")
+    with suppress(Exception):
+        services.Postgres().create()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """Each xdist worker names what it creates after the run's leader."""
+    node.workerinput["run_pid"] = services.RUN_PID  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run removes its database, Redis keys and vhosts, whatever became of its tests."""
+    if leads_the_run(config):
+        for service in (services.Postgres(), services.Redis(), services.RabbitMQ()):
+            with suppress(Exception):
+                service.sweep(run_pid=services.RUN_PID)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    SUMMARY.extend(str(line) for name, line in report.user_properties if name == "summary")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in SUMMARY:
         terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def summary(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Adds a line to what the run prints at its end (from any xdist worker)."""
+    return lambda line: request.node.user_properties.append(("summary", line))
+
+
+def require_that(condition: bool, message: str) -> None:
+    """Skip the test when a service, tool or interpreter it needs is missing; in CI
+    (REQUIRE_SERVICES=1), fail it."""
+    if not condition:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def require(service: str, host: str, port: int) -> None:
     try:
         socket.create_connection((host, port), timeout=2).close()
     except OSError as error:
-        message = f"{service} at {host}:{port} is unreachable: {error}"
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        require_that(False, f"{service} at {host}:{port} is unreachable: {error}")
 
 
 def require_tool(name: str) -> str:
     """The path of a command-line tool; like require(), a failure in CI when it is missing."""
     path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (python3 dev.py test installs it where it can)"
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_that(
+        path is not None, f"{name} is not installed (python3 dev.py test installs it where it can)"
+    )
+    assert path is not None
     return path
+
+
+def require_url(service: str, url: str) -> None:
+    parts = urlsplit(url)
+    require(service, parts.hostname or "127.0.0.1", parts.port or 0)
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    require("PostgreSQL", "127.0.0.1", 5432)
-    return POSTGRES_URL
+    """The run's own database (made when the run starts, dropped when it ends)."""
+    require_url("PostgreSQL", services.POSTGRES_URL)
+    return services.Postgres().url
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    require("Redis", "127.0.0.1", 6379)
-    return "redis://127.0.0.1:6379/0"
+def redis_url() -> Iterator[str]:
+    """The shared Redis; services baked here use it under this worker's key prefix
+    (REDIS_KEY_PREFIX, see Project.env), whose keys go when the worker is done."""
+    require_url("Redis", services.REDIS_URL)
+    yield services.REDIS_URL
+    services.Redis().delete_under(services.redis_prefix())
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_url() -> str:
-    require("RabbitMQ", "127.0.0.1", 5672)
-    return "amqp://guest:guest@127.0.0.1:5672//"
+def rabbitmq_url() -> Iterator[str]:
+    """A vhost of this worker's own on the shared RabbitMQ, deleted when it is done."""
+    require_url("RabbitMQ", services.AMQP_URL)
+    broker = services.RabbitMQ()
+    vhost = services.run_name(services.worker_name())
+    try:
+        broker.create(vhost)
+    except (RuntimeError, subprocess.SubprocessError) as error:
+        require_that(False, f"no RabbitMQ vhost for the tests: {error}")
+    yield broker.vhost_url(vhost)
+    broker.delete(vhost)
 
 
 @pytest.fixture(scope="session")
 def baked_venv() -> Path:
-    if not (BAKED_VENV / "bin" / "python").exists():
-        subprocess.run(["uv", "venv", "--quiet", "--python", "3.11", str(BAKED_VENV)], check=True)
-    return BAKED_VENV
+    """The environment most bakes share, on the oldest Python offered."""
+    interpreter = find_interpreter(PYTHON_VERSIONS[0])
+    require_that(interpreter is not None, f"no Python {PYTHON_VERSIONS[0]} here")
+    assert interpreter is not None
+    return venv_for(interpreter)
 
 
 @pytest.fixture(scope="session")

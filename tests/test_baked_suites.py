@@ -6,6 +6,8 @@ from .baked import Project
 from .conftest import SCENARIOS_WITH_DATABASE
 
 on_a_database = pytest.mark.parametrize("project", SCENARIOS_WITH_DATABASE, indirect=True)
+# The quick tier's one baked suite: the scenario with the most parts (a database and jobs).
+QUICK_SUITE = "batch"
 
 
 def test_suite_passes_on_sqlite(project: Project) -> None:
@@ -15,7 +17,14 @@ def test_suite_passes_on_sqlite(project: Project) -> None:
     assert " failed" not in result.stdout
 
 
-@on_a_database
+@pytest.mark.parametrize(
+    "project",
+    [
+        pytest.param(scenario, marks=[pytest.mark.quick] * (scenario == QUICK_SUITE))
+        for scenario in SCENARIOS_WITH_DATABASE
+    ],
+    indirect=True,
+)
 def test_suite_passes_on_postgresql(project: Project, postgres_url: str) -> None:
     result = project.make("test", DATABASE_URL=postgres_url)
 

@@ -24,7 +24,9 @@ import pytest
 import yaml
 
 from .baked import TEMPLATE, Project
-from .conftest import require_tool, supported_combinations
+from .conftest import deployment_combinations, require_tool
+
+pytestmark = pytest.mark.quick
 
 # The oldest Kubernetes the manifests support (the preStop sleep action), and the newest
 # whose schemas kubernetes-validate ships.
@@ -87,7 +89,7 @@ def with_celery(answers: dict[str, str]) -> bool:
     return answers.get("use_celery", "yes" if answers["scenario"] == "batch" else "no") == "yes"
 
 
-COMBINATIONS = supported_combinations()
+COMBINATIONS = deployment_combinations()
 WITH_KUBERNETES = [answers for answers in COMBINATIONS if answers["kubernetes"] == "yes"]
 WITH_CELERY = [answers for answers in COMBINATIONS if with_celery(answers)]
 

@@ -8,6 +8,7 @@ import pytest
 from .baked import TEMPLATE, Project
 from .conftest import supported_combinations
 
+pytestmark = pytest.mark.quick
 UNRENDERED = re.compile(r"{{|{%|cookiecutter\.")
 
 

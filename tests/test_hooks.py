@@ -1,12 +1,51 @@
-"""The pre-generation hook refuses bad answers with one clear sentence, writing nothing."""
+"""The pre-generation hook refuses bad answers with one clear sentence, writing nothing.
 
+Its rules are checked in-process, on the answers cookiecutter would hand it; a few real
+bakes prove that cookiecutter runs it and that good answers still bake.
+"""
+
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import jinja2
 import pytest
+from cookiecutter.generate import generate_context
+from cookiecutter.prompt import prompt_for_config
 
 from .baked import TEMPLATE
+
+pytestmark = pytest.mark.quick
+
+
+@pytest.fixture(scope="module")
+def hook() -> ModuleType:
+    """hooks/pre_gen_project.py as a module (hooks/ is no package); importing it runs nothing."""
+    spec = importlib.util.spec_from_file_location(
+        "pre_gen_project", TEMPLATE / "hooks" / "pre_gen_project.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def answers(hook: ModuleType, *given: str) -> dict[str, str]:
+    """What the hook's ANSWERS become when cookiecutter is run with `given` (key=value, as
+    on its command line): the defaults and derived names come from cookiecutter.json."""
+    context = generate_context(
+        TEMPLATE / "cookiecutter.json",
+        extra_context=dict(answer.split("=", 1) for answer in given),
+    )
+    cookiecutter = prompt_for_config(context, no_input=True)
+    jinja = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return {
+        name: jinja.from_string(placeholder).render(cookiecutter=cookiecutter)
+        for name, placeholder in hook.ANSWERS.items()
+    }
 
 
 def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
@@ -27,12 +66,17 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# The rules, in-process.
+
+
 @pytest.mark.parametrize(
-    ("answers", "message"),
+    ("given", "message"),
     [
         (["project_slug=my-service"], "project_slug 'my-service' is not a Python identifier"),
         (["project_slug=2fast"], "project_slug '2fast' is not a Python identifier"),
+        (["project_slug=café"], "project_slug 'café' is not a Python identifier"),
         (["project_slug=class"], "project_slug 'class' is a Python keyword"),
+        (["project_slug=match"], "project_slug 'match' is a Python keyword"),
         (["project_slug=json"], "project_slug 'json' shadows the standard-library module"),
         (["project_slug=fastapi"], "project_slug 'fastapi' would hide the fastapi package"),
         (["use_celery=maybe"], "use_celery 'maybe' is not an answer: say yes or no"),
@@ -43,8 +87,17 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=" + "a" * 64], f"project_slug '{'a' * 64}' gives the deployment name"),
         (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
         (
+            ["scenario=microservice", "database=none"],
+            "scenario 'microservice' stores its /items resource in a database",
+        ),
+        (
             ["scenario=ml_inference", "database=postgresql"],
             "scenario 'ml_inference' serves a model and keeps no data: answer database=none",
+        ),
+        (
+            ["scenario=ml_inference", "use_celery=yes"],
+            "scenario 'ml_inference' keeps no data, and Celery jobs live in a database table: "
+            "answer use_celery=no",
         ),
         (["project_slug=sklearn"], "project_slug 'sklearn' would hide the sklearn package"),
         (["project_slug=bench"], "project_slug 'bench' would hide the bench package"),
@@ -60,30 +113,74 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
         (["project_slug=websockets"], "project_slug 'websockets' would hide the websockets"),
     ],
 )
-def test_bad_answer_is_refused_with_its_message_and_nothing_written(
-    tmp_path: Path, answers: list[str], message: str
+def test_bad_answer_is_refused_with_one_sentence_naming_it(
+    hook: ModuleType, given: list[str], message: str
 ) -> None:
-    result = bake(tmp_path, *answers)
+    refusals = hook.problems(answers(hook, *given))
 
-    assert result.returncode != 0
-    assert f"ERROR: {message}" in result.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert len(refusals) == 1, refusals
+    assert refusals[0].startswith(message)
+
+
+def test_every_problem_is_reported_not_only_the_first(hook: ModuleType) -> None:
+    refusals = hook.problems(answers(hook, "project_slug=json", "scenario=batch", "use_celery=no"))
+
+    assert refusals == [
+        "project_slug 'json' shadows the standard-library module of that name: "
+        "choose another name.",
+        "scenario 'batch' runs its jobs on Celery: answer use_celery=yes.",
+    ]
+
+
+def test_kubernetes_other_than_yes_or_no_is_refused(hook: ModuleType) -> None:
+    # cookiecutter's choice list refuses this first; the hook does not count on it
+    given = {**answers(hook), "kubernetes": "maybe"}
+
+    refusals = hook.problems(given)
+
+    assert refusals == ["kubernetes 'maybe' is not an answer: say yes or no."]
 
 
 @pytest.mark.parametrize(
-    ("answers", "message"),
+    "given",
     [
-        (["scenario=graphql"], "graphql provided for choice variable scenario"),
-        (["python_version=3.9"], "3.9 provided for choice variable python_version"),
+        [],
+        ["scenario=microservice"],
+        ["scenario=ml_inference"],
+        ["scenario=websocket"],
+        ["scenario=batch"],
+        ["use_celery=yes"],
+        ["kubernetes=yes"],
+        ["project_name=Order Service"],
+        ["project_slug=_internal"],
+        ["project_slug=" + "a" * 63],
     ],
 )
-def test_answer_outside_a_choice_is_refused_by_cookiecutter(
-    tmp_path: Path, answers: list[str], message: str
+def test_supported_answers_are_accepted(hook: ModuleType, given: list[str]) -> None:
+    refusals = hook.problems(answers(hook, *given))
+
+    assert refusals == []
+
+
+# The wiring, end to end: a real cookiecutter run per test.
+
+
+def test_a_refused_answer_stops_cookiecutter_with_its_error_and_writes_nothing(
+    tmp_path: Path,
 ) -> None:
-    result = bake(tmp_path, *answers)
+    result = bake(tmp_path, "project_slug=json")
 
     assert result.returncode != 0
-    assert message in result.stderr.strip().splitlines()[-1]
+    assert "ERROR: project_slug 'json' shadows the standard-library module" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_answer_outside_a_choice_is_refused_by_cookiecutter(tmp_path: Path) -> None:
+    result = bake(tmp_path, "scenario=graphql")
+
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "graphql provided for choice variable scenario" in last_line
     assert list(tmp_path.iterdir()) == []
 
 

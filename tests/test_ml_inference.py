@@ -5,13 +5,13 @@ model file stops Gunicorn at start with one line."""
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .baked import Project, Server
-from .conftest import SUMMARY
 
 pytestmark = pytest.mark.parametrize("project", ["ml_inference"], indirect=True)
 
@@ -92,7 +92,9 @@ def pss_mib(server: Server) -> float:
     return total / 1024
 
 
-def test_with_preload_two_workers_cost_at_most_1_3_times_one(project: Project) -> None:
+def test_with_preload_two_workers_cost_at_most_1_3_times_one(
+    project: Project, summary: Callable[[str], None]
+) -> None:
     memory = {}
     for workers in (1, 2):
         with project.serve(workers=workers) as server:
@@ -100,7 +102,7 @@ def test_with_preload_two_workers_cost_at_most_1_3_times_one(project: Project) -
             memory[workers] = pss_mib(server)
 
     ratio = memory[2] / memory[1]
-    SUMMARY.append(
+    summary(
         f"ml_inference PSS with preload: 1 worker {memory[1]:.0f} MiB, "
         f"2 workers {memory[2]:.0f} MiB, ratio {ratio:.2f}"
     )

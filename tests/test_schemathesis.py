@@ -4,12 +4,12 @@ scenario with a database), finds no 5xx and no response that breaks the schema."
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from .baked import Project
-from .conftest import SUMMARY
 
 # Starlette's 405 names only the first route that matched the path in `Allow`
 # (GET /items/{id} answers a POST with `Allow: GET`, omitting PUT and DELETE).
@@ -19,7 +19,10 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def test_schemathesis_finds_no_failure(
-    project: Project, tmp_path: Path, request: pytest.FixtureRequest
+    project: Project,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    summary: Callable[[str], None],
 ) -> None:
     database = (
         project.database(request.getfixturevalue("postgres_url")) if project.has_database else {}
@@ -45,7 +48,7 @@ def test_schemathesis_finds_no_failure(
         )
 
     cases = re.search(r"(\d+) generated", result.stdout)
-    SUMMARY.append(f"schemathesis {project.scenario}: {cases[1] if cases else '?'} cases")
+    summary(f"schemathesis {project.scenario}: {cases[1] if cases else '?'} cases")
     assert result.returncode == 0, result.stdout[-6000:]
     assert cases, result.stdout[-2000:]
     assert int(cases[1]) > 100, result.stdout[-2000:]

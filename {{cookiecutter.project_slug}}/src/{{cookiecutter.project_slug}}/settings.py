@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # The project's Uvicorn worker, or Gunicorn's own "asgi" worker.
     worker_class: str = f"{__package__}.worker.Worker"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+{%- if cookiecutter.scenario == "websocket" or cookiecutter.use_celery == "yes" %}
+    # Every Redis key and channel of this service starts with it, so that services (or two
+    # deployments of one) can share a Redis server{% if cookiecutter.use_celery == "yes" %} (Celery's keys too, on a Redis broker){% endif %}.
+    redis_key_prefix: str = f"{__package__}:"
+{%- endif %}
 
     @field_validator({% if cookiecutter.use_celery == "yes" %}"celery_concurrency", {% endif %}{% if cookiecutter.scenario == "websocket" %}"redis_url", {% endif %}"web_concurrency", "bind", mode="before")
     @classmethod

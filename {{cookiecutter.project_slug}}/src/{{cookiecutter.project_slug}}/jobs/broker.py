@@ -55,7 +55,7 @@ def create_celery(settings: Settings) -> Celery:
     return celery
 
 
-def _transport_options(settings: Settings) -> dict[str, int]:
+def _transport_options(settings: Settings) -> dict[str, int | str]:
     if not settings.celery_broker_url.startswith(("redis://", "rediss://")):
         # RabbitMQ gives a lost worker's jobs back as soon as its connection drops. (The
         # embedded broker would hand these options to SQLAlchemy, which refuses them.)
@@ -69,6 +69,8 @@ def _transport_options(settings: Settings) -> dict[str, int]:
         # A broker that vanished without closing the connection fails a publish, not hangs it.
         "socket_timeout": 5,
         "socket_connect_timeout": 5,
+        # Queues, bindings and channels under the service's own prefix on a shared Redis.
+        "global_keyprefix": settings.redis_key_prefix,
     }
 
 

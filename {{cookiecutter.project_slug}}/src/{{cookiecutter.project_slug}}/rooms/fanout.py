@@ -36,9 +36,6 @@ DROPPED = Counter(
     "websocket_slow_clients_total", "Clients disconnected for falling too far behind."
 )
 
-# Every room is a Redis channel under this prefix; pub/sub channels are shared by every
-# database number of a Redis server, so the prefix is the service's name.
-CHANNEL_PREFIX = f"{__name__.partition('.')[0]}:room:"
 # Seconds to wait for the first subscription at start; the worker serves regardless.
 FIRST_SUBSCRIPTION_WAIT = 2.0
 # Seconds between attempts to subscribe again after Redis went away, doubling up to the max.
@@ -217,4 +214,6 @@ _KEEPALIVE = {
 def create_fanout(settings: Settings, rooms: Rooms) -> Fanout:
     if settings.redis_url is None:
         return InProcessFanout(rooms)
-    return RedisFanout(settings.redis_url, rooms, CHANNEL_PREFIX)
+    # Pub/sub channels are shared by every database number of a Redis server: the service's
+    # key prefix keeps its rooms apart from any other service's.
+    return RedisFanout(settings.redis_url, rooms, f"{settings.redis_key_prefix}room:")
