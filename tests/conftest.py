@@ -7,6 +7,7 @@ need it instead of skipping them. The run keeps to its own database, Redis prefi
 RabbitMQ vhosts on the shared servers (tests/services.py) and removes them when it ends.
 """
 
+import functools
 import os
 import shutil
 import socket
@@ -103,7 +104,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    SUMMARY.extend(str(line) for name, line in report.user_properties if name == "summary")
+    if report.when == "teardown":  # each of a test's reports carries all its properties
+        SUMMARY.extend(str(line) for name, line in report.user_properties if name == "summary")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -197,16 +199,27 @@ def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
     return baked_venv
 
 
-@pytest.fixture(scope="session", params=SCENARIOS)
-def project(request: pytest.FixtureRequest, cookies_session: object, baked_venv: Path) -> Project:
+@pytest.fixture(scope="session")
+def scenario_bakes(cookies_session: object, baked_venv: Path) -> Callable[[str], Project]:
+    """Bakes each scenario at most once per xdist worker, whatever order its tests come in."""
+
+    @functools.cache
+    def bake(scenario: str) -> Project:
+        result = cookies_session.bake(  # type: ignore[attr-defined]
+            template=str(TEMPLATE), extra_context=answers_for(scenario)
+        )
+        assert result.exit_code == 0, result.exception
+        baked = Project(Path(result.project_path), scenario=scenario, venv=baked_venv)
+        baked.make("install")
+        if scenario == "ml_inference":
+            baked.make("model")
+        return baked
+
+    return bake
+
+
+@pytest.fixture(scope="module", params=SCENARIOS)
+def project(request: pytest.FixtureRequest, scenario_bakes: Callable[[str], Project]) -> Project:
     """A project baked with the scenario's defaults and installed with its own `make install`
     (and, for ml_inference, its model built with `make model`)."""
-    result = cookies_session.bake(  # type: ignore[attr-defined]
-        template=str(TEMPLATE), extra_context=answers_for(request.param)
-    )
-    assert result.exit_code == 0, result.exception
-    baked = Project(Path(result.project_path), scenario=request.param, venv=baked_venv)
-    baked.make("install")
-    if request.param == "ml_inference":
-        baked.make("model")
-    return baked
+    return scenario_bakes(request.param)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,8 @@ class Postgres:
     def databases(self) -> list[str]:
         return asyncio.run(self._admin())
 
-    def create(self) -> None:
-        asyncio.run(self._admin(f'CREATE DATABASE "{run_name()}"'))
+    def create(self, name: str | None = None) -> None:
+        asyncio.run(self._admin(f'CREATE DATABASE "{name or run_name()}"'))
 
     def sweep(self, run_pid: int | None = None) -> list[str]:
         gone = [name for name in self.databases() if not belongs_to_a_live_run(name, run_pid)]
@@ -110,17 +111,19 @@ class Redis:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
-    def keys(self) -> list[str]:
+    def run_keys(self) -> list[str]:
         with self.client() as client:
             return [key.decode() for key in client.scan_iter(match="fpt_*", count=1000)]
 
     def sweep(self, run_pid: int | None = None) -> list[str]:
-        gone = [key for key in self.keys() if not belongs_to_a_live_run(key.split(":")[0], run_pid)]
+        gone = [
+            key for key in self.run_keys() if not belongs_to_a_live_run(key.split(":")[0], run_pid)
+        ]
         self._delete(gone)
         return gone
 
     def delete_under(self, prefix: str) -> None:
-        self._delete([key for key in self.keys() if key.startswith(prefix)])
+        self._delete([key for key in self.run_keys() if key.startswith(prefix)])
 
     def _delete(self, keys: list[str]) -> None:
         if keys:
@@ -183,7 +186,7 @@ def leftovers() -> dict[str, list[str]]:
         keyspace = [f"{db}={info['keys']}" for db, info in client.info("keyspace").items()]
     return {
         "PostgreSQL databases fpt_*": postgres.databases(),
-        "Redis keys fpt_*": Redis().keys(),
+        "Redis keys fpt_*": Redis().run_keys(),
         "RabbitMQ vhosts fpt_*": [name for name in RabbitMQ().vhosts() if NAME.fullmatch(name)],
         "schemas in TEST_POSTGRES_URL's database": asyncio.run(schemas()),
         "keys in each Redis database": keyspace,
@@ -192,6 +195,16 @@ def leftovers() -> dict[str, list[str]]:
 
 
 if __name__ == "__main__":
-    # .venv/bin/python -m tests.services: what test runs have left on the shared servers.
-    for kind, names in leftovers().items():
+    # .venv/bin/python -m tests.services [--check]: what test runs have left on the shared
+    # servers; with --check, exit 1 if a run that has ended left anything.
+    left = leftovers()
+    for kind, names in left.items():
         print(f"{kind}: {len(names)}", *names[:20])
+    if "--check" in sys.argv:
+        ended = [
+            name
+            for kind in ("PostgreSQL databases fpt_*", "Redis keys fpt_*", "RabbitMQ vhosts fpt_*")
+            for name in left[kind]
+            if not belongs_to_a_live_run(name.split(":")[0])
+        ]
+        sys.exit(f"left by test runs that have ended: {ended}" if ended else 0)
