@@ -7,9 +7,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 
 from .services import redis_prefix
+from .waiting import TimedOut, wait_until
 
 TEMPLATE = Path(__file__).parent.parent
 CACHE = TEMPLATE / ".cache"
@@ -109,7 +109,9 @@ class Project:
         return installed if target == "install" else self._make(target, **env)
 
     def _make(self, target: str, **env: str) -> subprocess.CompletedProcess[str]:
-        result = self.run("make", target, f"VENV={self.venv}", **env)
+        # The environment's own Python: the Makefile then never makes it again.
+        python = self.venv / "bin" / "python"
+        result = self.run("make", target, f"VENV={self.venv}", f"PYTHON={python}", **env)
         assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
         return result
 
@@ -205,15 +207,16 @@ class CeleryWorker:
     process: subprocess.Popen[bytes]
     log_path: Path
 
-    def wait_until_ready(self, within: float = 60) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+    def wait_until_ready(self) -> None:
+        def ready() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the Celery worker exited:\n{self.log()}")
-            if " ready." in self.log():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"the Celery worker was not ready within {within} s:\n{self.log()}")
+            return " ready." in self.log()
+
+        try:
+            wait_until(ready, "the Celery worker to be ready", every=0.1)
+        except TimedOut as error:
+            raise TimedOut(f"{error}:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -231,25 +234,40 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: Path
 
-    def wait_until_serving(self, within: float = 60) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+    def wait_until_serving(self) -> None:
+        """Until Gunicorn answers and every worker it runs has started the app (a worker
+        still importing it would die at once on a signal a test sends)."""
+
+        def serving() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Gunicorn exited:\n{self.log()}")
             try:
-                httpx.get(f"{self.url}/health/live", timeout=1)
-                return
+                httpx.get(f"{self.url}/health/live", timeout=5)
             except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"Gunicorn did not answer within {within} s:\n{self.log()}")
+                return False
+            workers = self.workers()
+            return bool(workers) and workers <= self.started_workers()
+
+        try:
+            wait_until(serving, f"Gunicorn and all its workers to serve at {self.url}", every=0.1)
+        except TimedOut as error:
+            raise TimedOut(f"{error}:\n{self.log()}") from None
+
+    def started_workers(self) -> set[int]:
+        """Pids of the workers that have logged the app's startup."""
+        return {
+            entry["pid"]
+            for entry in self.log_entries("uvicorn.error")
+            if entry["message"] == "Application startup complete."
+        }
 
     def log(self) -> str:
         return self.log_path.read_text()
 
     def log_entries(self, logger: str = "access") -> list[dict[str, Any]]:
-        """The JSON log lines of one logger."""
+        """The JSON log lines of one logger (a line still being written is left out)."""
         entries = []
-        for line in self.log().splitlines():
+        for line in self.log().split("\n")[:-1]:
             if line.startswith("{") and (entry := json.loads(line)).get("logger") == logger:
                 entries.append(entry)
         return entries
@@ -261,13 +279,6 @@ class Server:
             return {int(pid) for pid in children.read_text().split()}
         except OSError:
             return set()
-
-    def wait_for_workers(self, ready: Callable[[set[int]], bool], within: float = 15) -> set[int]:
-        """Poll the worker pids until `ready(pids)`; the last pids seen either way."""
-        deadline = time.monotonic() + within
-        while not ready(pids := self.workers()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return pids
 
     def connections_to(self, port: int) -> int:
         """Open TCP connections from this server's processes (master and workers) to

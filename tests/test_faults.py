@@ -2,139 +2,210 @@
 a constant keep-alive load on loopback.
 
 The load generator sends each connection's next request as soon as the last answer came,
-like wrk; `lost` counts requests that were sent and never answered.
+like wrk; `lost` counts requests that were sent and never answered. Faults are provoked
+at known moments, not after a guessed delay: the fault app (fault_app.py) tells the test
+which requests it has in flight, holds requests until the test releases them, and holds
+new workers before they serve.
 """
 
 import contextlib
 import os
 import signal
-import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
-from .baked import Project
-from .load import constant_load
+from .baked import Project, Server
+from .load import LoadResult, constant_load
+from .waiting import wait_for, wait_until
 
 CONNECTIONS = 16
 # Each test provokes one fault; a max_requests recycle during it would be a second one
 # (at this load a worker reaches the profile's max_requests within seconds).
 NO_RECYCLING = "--max-requests 0"
+# The profile's graceful_timeout: how long a stopping master waits for its workers.
+GRACEFUL_TIMEOUT = 30
 pytestmark = pytest.mark.parametrize("project", ["public_api"], indirect=True)
 
 
-def test_sigkill_loses_only_the_killed_workers_in_flight_requests(project: Project) -> None:
+@dataclass
+class Faults:
+    """The directory the fault app's workers share with the test (see fault_app.py)."""
+
+    directory: Path
+
+    @contextlib.contextmanager
+    def serve(self, project: Project, **env: str) -> Iterator[Server]:
+        with project.serve(
+            workers=2, app="fault_app:app", FAULT_APP_DIR=str(self.directory), **env
+        ) as server:
+            yield server
+
+    def in_flight(self) -> list[int]:
+        """The worker pid of each held or blocking request in flight (a killed worker's
+        requests stay listed)."""
+        markers = (self.directory / "in-flight").glob("*-*")
+        return sorted(int(marker.name.partition("-")[0]) for marker in markers)
+
+    def release(self) -> None:
+        """Let every held request, and every one to come, be answered."""
+        (self.directory / "release").touch()
+
+    @contextlib.contextmanager
+    def new_workers_held(self) -> Iterator[None]:
+        """Workers started meanwhile wait before creating the app: they serve nothing."""
+        gate = self.directory / "hold-new-workers"
+        gate.touch()
+        try:
+            yield
+        finally:
+            gate.unlink()
+
+
+@pytest.fixture
+def faults(tmp_path: Path) -> Faults:
+    return Faults(tmp_path)
+
+
+def answered_more(load: LoadResult, more: int) -> None:
+    """Wait until the load has had `more` answers from now on."""
+    enough = load.ok + more
+    wait_for(lambda: load, lambda load: load.ok >= enough, f"{more} more answers under load")
+
+
+def test_sigkill_loses_only_the_killed_workers_in_flight_requests(
+    project: Project, faults: Faults
+) -> None:
     with (
-        project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
+        faults.serve(project, GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
         constant_load(server.url, "/health/live", CONNECTIONS) as load,
     ):
-        time.sleep(1)
-        victim = min(server.workers())
-        os.kill(victim, signal.SIGKILL)
-        killed_at = time.monotonic()
-        fresh = httpx.get(f"{server.url}/health/live", timeout=2)
-        answered_within = time.monotonic() - killed_at
-        workers = server.wait_for_workers(lambda pids: len(pids) == 2 and victim not in pids)
-        time.sleep(0.5)
+        answered_more(load, 100)
+        victim, survivor = sorted(server.workers())
+        with faults.new_workers_held():
+            os.kill(victim, signal.SIGKILL)
+            # The killed worker's replacement waits: only the survivor can answer this.
+            fresh = httpx.get(f"{server.url}/test/worker", timeout=60)
+        workers = wait_for(
+            server.workers,
+            lambda pids: len(pids) == 2 and victim not in pids,
+            "the master to replace the killed worker",
+        )
+        answered_more(load, 100)
 
-    assert fresh.status_code == 200
-    assert answered_within < 2
-    assert len(workers) == 2, "the master did not replace the killed worker"
-    assert victim not in workers
+    assert fresh.json() == {"pid": survivor}
+    assert survivor in workers
     # At most one request in flight per connection the killed worker held.
     assert load.lost <= CONNECTIONS, load
-    assert load.ok > 100
 
 
-def test_sighup_reload_under_load_loses_nothing(project: Project) -> None:
+def test_sighup_reload_under_load_loses_nothing(project: Project, faults: Faults) -> None:
     with (
-        project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
+        faults.serve(project, GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
         constant_load(server.url, "/health/live", CONNECTIONS) as load,
     ):
-        time.sleep(1)
+        answered_more(load, 100)
         before = server.workers()
         server.signal(signal.SIGHUP)
-        after = server.wait_for_workers(lambda pids: len(pids) == 2 and not pids & before)
-        time.sleep(1)
+        wait_for(
+            server.workers,
+            lambda pids: len(pids) == 2 and not pids & before,
+            "two new workers, and the old ones gone",
+        )
+        answered_more(load, 100)
 
-    assert len(after) == 2, "the reload did not replace both workers"
-    assert not after & before
     assert (load.lost, load.refused) == (0, 0), load
-    assert load.ok > 100
 
 
-def test_max_requests_recycling_under_load_loses_nothing(project: Project) -> None:
-    recycled: set[int] = set()
+def test_max_requests_recycling_under_load_loses_nothing(project: Project, faults: Faults) -> None:
     with (
-        project.serve(
-            workers=2,
-            app="fault_app:app",
-            GUNICORN_CMD_ARGS="--max-requests 300 --max-requests-jitter 30",
+        faults.serve(
+            project, GUNICORN_CMD_ARGS="--max-requests 300 --max-requests-jitter 30"
         ) as server,
         constant_load(server.url, "/health/live", CONNECTIONS) as load,
     ):
-        deadline = time.monotonic() + 20
-        while len(recycled) < 6 and time.monotonic() < deadline:
-            recycled |= server.workers()
-            time.sleep(0.05)
+        seen: set[int] = set()
 
-    assert len(recycled) >= 6, "fewer than four workers were recycled"
+        def four_recycled() -> bool:
+            seen.update(server.workers())
+            return len(seen) >= 2 + 4
+
+        wait_until(four_recycled, "four workers recycled by max_requests")
+
     assert (load.lost, load.refused) == (0, 0), load
     assert load.ok >= 4 * 300
 
 
-def test_sigterm_lets_in_flight_requests_finish(project: Project) -> None:
-    answers: list[httpx.Response] = []
+def logged(server: Server, message: str) -> set[int]:
+    """The workers that have logged `message`."""
+    return {
+        entry["pid"] for entry in server.log_entries("uvicorn.error") if entry["message"] == message
+    }
 
-    def slow_request(url: str) -> None:
-        answers.append(httpx.get(f"{url}/test/sleep", params={"seconds": 2}, timeout=30))
 
-    with project.serve(workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=NO_RECYCLING) as server:
-        clients = [threading.Thread(target=slow_request, args=(server.url,)) for _ in range(8)]
-        for client in clients:
-            client.start()
-        time.sleep(0.5)
+def test_sigterm_lets_in_flight_requests_finish(project: Project, faults: Faults) -> None:
+    with (
+        ThreadPoolExecutor(8) as clients,
+        faults.serve(project, GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
+    ):
+        workers = server.workers()
+        # A worker still importing the app would die of SIGTERM at once, not stop gracefully.
+        wait_until(
+            lambda: logged(server, "Application startup complete.") == workers,
+            "both workers serving",
+        )
+        answers = [
+            clients.submit(httpx.get, f"{server.url}/test/held", timeout=120) for _ in range(8)
+        ]
+        wait_until(lambda: len(faults.in_flight()) == 8, "8 requests in flight")
         server.signal(signal.SIGTERM)
         stopped_at = time.monotonic()
-        exit_code = server.process.wait(timeout=60)
+        wait_until(
+            lambda: logged(server, "Shutting down") == workers, "both workers to begin stopping"
+        )
+        faults.release()  # only now can the 8 requests finish
+        exit_code = server.process.wait(timeout=120)
         took = time.monotonic() - stopped_at
-        for client in clients:
-            client.join()
+        statuses = [answer.result().status_code for answer in answers]
 
-    assert [answer.status_code for answer in answers] == [200] * 8
+    assert statuses == [200] * 8
     assert exit_code == 0
-    assert took < 30, "the master outlived graceful_timeout"
+    assert took < GRACEFUL_TIMEOUT, "the master outlived graceful_timeout"
 
 
 def block_a_worker(url: str) -> None:
     with contextlib.suppress(httpx.TransportError):  # the worker is killed mid-request
-        httpx.get(f"{url}/test/block", params={"seconds": 30}, timeout=40)
+        httpx.get(f"{url}/test/block", params={"seconds": 120}, timeout=150)
 
 
 def test_worker_with_a_blocked_event_loop_is_replaced_while_others_serve(
-    project: Project,
+    project: Project, faults: Faults
 ) -> None:
-    with project.serve(
-        workers=2, app="fault_app:app", GUNICORN_CMD_ARGS=f"--timeout 3 {NO_RECYCLING}"
-    ) as server:
+    with (
+        ThreadPoolExecutor(1) as blocker,
+        faults.serve(project, GUNICORN_CMD_ARGS=f"--timeout 5 {NO_RECYCLING}") as server,
+        constant_load(server.url, "/health/live", CONNECTIONS) as load,
+    ):
+        answered_more(load, 100)
         before = server.workers()
-        blocker = threading.Thread(target=block_a_worker, args=(server.url,), daemon=True)
-        with constant_load(server.url, "/health/live", CONNECTIONS) as load:
-            time.sleep(0.5)
-            blocker.start()
-            time.sleep(1)
-            answered_while_blocked = load.ok
-            after = server.wait_for_workers(
-                lambda pids: len(pids) == 2 and pids != before, within=30
-            )
-            # On a busy machine the next 100 answers may take more than a second.
-            deadline = time.monotonic() + 10
-            while load.ok <= answered_while_blocked + 100 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            answered_after = load.ok
+        with faults.new_workers_held():
+            blocking = blocker.submit(block_a_worker, server.url)
+            (blocked,) = wait_for(faults.in_flight, bool, "the blocking request in flight")
+            (other,) = before - {blocked}
+            # The blocked worker cannot answer, nor (held) its replacement: only the other.
+            fresh = httpx.get(f"{server.url}/test/worker", timeout=60)
+            wait_until(lambda: blocked not in server.workers(), "the blocked worker's end")
+        after = wait_for(
+            server.workers, lambda pids: len(pids) == 2, "the blocked worker's replacement"
+        )
+        answered_more(load, 100)
+        blocking.result()
 
-    assert len(after) == 2
-    assert len(before - after) == 1, "exactly the blocked worker is replaced"
-    assert answered_after > answered_while_blocked + 100, "the other worker kept serving"
+    assert fresh.json() == {"pid": other}
+    assert before - after == {blocked}, "exactly the blocked worker is replaced"
     assert "WORKER TIMEOUT" in server.log()

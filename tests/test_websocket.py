@@ -22,11 +22,13 @@ from websockets.sync.client import ClientConnection, connect
 
 from .baked import Project, Server, free_port
 from .conftest import require_tool
+from .waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.parametrize("project", ["websocket"], indirect=True)
 
-# Seconds any single wait may take before the test fails.
-WAIT = 10.0
+# Seconds any single receive, request or stop may take before the test fails: far more
+# than one takes on a busy machine, since only a failure comes near it.
+WAIT = 60.0
 # Small enough that a client that stops reading overflows it within a few megabytes.
 SEND_QUEUE = 8
 
@@ -69,33 +71,35 @@ def clients_on_every_worker(
     url = server.url.replace("http://", "ws://")
     workers = started_workers(server, 2)
     clients: list[tuple[ClientConnection, dict[str, Any]]] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def one_more_client() -> bool:
+        """Connect one; true once there are enough, and enough on each worker."""
         client = stack.enter_context(connect(f"{url}/ws/{room}", open_timeout=WAIT))
         hello = receive(client)
         held = Counter(hello["worker"] for _, hello in clients)
         if len(clients) >= count and held[hello["worker"]] >= 2:
             client.close()
-            continue
+            return False
         clients.append((client, hello))
         held[hello["worker"]] += 1
-        if len(clients) >= count and all(held[pid] >= 2 for pid in workers):
-            break
+        return len(clients) >= count and all(held[pid] >= 2 for pid in workers)
+
+    wait_until(one_more_client, f"{count} clients, two or more on each worker", every=0)
     return clients
 
 
 def started_workers(server: Server, workers: int) -> set[int]:
     """The pids of the workers that have started their app, once there are `workers`."""
-    deadline = time.monotonic() + 30
-    while True:
-        started = {
+    started: set[int] = wait_for(
+        lambda: {
             entry["pid"]
             for entry in server.log_entries("uvicorn.error")
             if entry["message"] == "Application startup complete."
-        }
-        if len(started) >= workers or time.monotonic() > deadline:
-            return started
-        time.sleep(0.05)
+        },
+        lambda started: len(started) >= workers,
+        f"{workers} workers to start their app",
+    )
+    return started
 
 
 def publish(server: Server, room: str, text: str) -> httpx.Response:
@@ -151,17 +155,17 @@ def test_metrics_count_the_clients_of_every_worker(server: Server) -> None:
 
 
 def connected_clients(server: Server, settled_at: int) -> int:
-    """`websocket_clients` from /metrics, summed over the workers; read again for a while
-    if it is not yet `settled_at` (a client that just left may not be counted out yet)."""
-    deadline = time.monotonic() + WAIT
-    while True:
+    """`websocket_clients` from /metrics, summed over the workers, once it is `settled_at`
+    (a client that just left may not be counted out yet)."""
+
+    def count() -> int:
         metrics = httpx.get(f"{server.url}/metrics", timeout=WAIT).text
         found = re.search(r"^websocket_clients (\S+)$", metrics, re.MULTILINE)
         assert found, metrics
-        count = int(float(found[1]))
-        if count == settled_at or time.monotonic() > deadline:
-            return count
-        time.sleep(0.05)
+        return int(float(found[1]))
+
+    counted: int = wait_for(count, lambda n: n == settled_at, f"{settled_at} clients counted")
+    return counted
 
 
 def slow_client(server: Server, room: str, stack: ExitStack) -> tuple[ClientConnection, int]:
@@ -170,7 +174,9 @@ def slow_client(server: Server, room: str, stack: ExitStack) -> tuple[ClientConn
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
     url = server.url.replace("http://", "ws://")
-    client = stack.enter_context(connect(f"{url}/ws/{room}", sock=sock, max_queue=1))
+    client = stack.enter_context(
+        connect(f"{url}/ws/{room}", sock=sock, max_queue=1, open_timeout=WAIT)
+    )
     return client, receive(client)["worker"]
 
 
@@ -183,12 +189,22 @@ def test_a_client_that_stops_reading_is_dropped_with_1013_and_the_room_goes_on(
     messages = 300  # 18 MB: more than the slow client's socket buffers and queue hold
     with ExitStack() as stack:
         slow, worker = slow_client(server, room, stack)
+
+        def client_on_the_slow_ones_worker() -> ClientConnection | None:
+            client = stack.enter_context(connect(f"{url}/ws/{room}", open_timeout=WAIT))
+            if receive(client)["worker"] == worker:
+                return client
+            client.close()  # now, before it falls behind too
+            return None
+
         # A reading client on the same worker: the one whose fan-out the slow one could stall.
-        while True:
-            healthy = stack.enter_context(connect(f"{url}/ws/{room}", open_timeout=WAIT))
-            if receive(healthy)["worker"] == worker:
-                break
-            healthy.close()  # now, before it falls behind too
+        healthy = wait_for(
+            client_on_the_slow_ones_worker,
+            lambda client: client is not None,
+            "a client on the slow one's worker",
+            every=0,
+        )
+        assert healthy is not None
         with ThreadPoolExecutor(1) as reader:
             # The healthy client reads as the messages come, as a live client does.
             reading = reader.submit(lambda: [receive(healthy)["text"][:4] for _ in range(messages)])
@@ -248,15 +264,16 @@ def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
+
+        def listening() -> bool:
+            assert process.poll() is None, "redis-server exited"
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
             except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until(listening, f"redis-server to listen on port {port}")
         yield process
     finally:
         process.terminate()
@@ -285,9 +302,9 @@ def test_clients_stay_connected_while_redis_restarts_and_fan_out_resumes_by_itse
         problem = receive(sender)
 
         with private_redis(port):
-            # Publish until each client has heard one: every worker has subscribed again.
-            deadline, heard = time.monotonic() + 30, set()
-            while len(heard) < len(clients) and time.monotonic() < deadline:
+            heard: set[int] = set()
+
+            def every_client_heard_a_probe() -> bool:
                 publish(server, room, "probe")
                 for index, (client, _) in enumerate(clients):
                     try:
@@ -295,6 +312,10 @@ def test_clients_stay_connected_while_redis_restarts_and_fan_out_resumes_by_itse
                             heard.add(index)
                     except TimeoutError:
                         pass
+                return len(heard) == len(clients)
+
+            # Publish until each client has heard one: every worker has subscribed again.
+            wait_until(every_client_heard_a_probe, "every worker to subscribe again", every=0)
             after = publish(server, room, "after")
             received = [receive_until(client, "after")[-1] for client, _ in clients]
 
@@ -328,7 +349,9 @@ def test_without_redis_one_worker_serves_the_room_and_the_log_says_why(
     room = room_name()
     with project.serve(workers=2) as server, ExitStack() as stack:
         url = server.url.replace("http://", "ws://")
-        clients = [stack.enter_context(connect(f"{url}/ws/{room}")) for _ in range(3)]
+        clients = [
+            stack.enter_context(connect(f"{url}/ws/{room}", open_timeout=WAIT)) for _ in range(3)
+        ]
         workers = {receive(client)["worker"] for client in clients}
         published = publish(server, room, "in-process")
         received = [receive(client) for client in clients]
