@@ -32,7 +32,8 @@ class Durations(Histogram):
     def observe_all(self, amounts: list[float]) -> None:
         """What observe(amount) for each amount does, in one write per bucket it touches
         and one to the sum: in multiprocess mode each write locks, asks the kernel for the
-        pid and writes the metrics file."""
+        pid and writes the metrics file. The sum may differ in its last bits from adding
+        the amounts one by one: sum() rounds them in another order."""
         in_bucket = [0] * len(self._upper_bounds)
         for amount in amounts:  # the first bucket whose bound >= amount
             in_bucket[bisect.bisect_left(self._upper_bounds, amount)] += 1
