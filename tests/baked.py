@@ -21,8 +21,6 @@ from .waiting import TimedOut, wait_until
 
 TEMPLATE = Path(__file__).parent.parent
 CACHE = TEMPLATE / ".cache"
-# One mypy cache for every bake: the dependencies' types are read once, not per bake.
-MYPY_CACHE = CACHE / "mypy"
 
 
 @contextmanager
@@ -86,7 +84,10 @@ class Project:
             "PATH": f"{self.venv / 'bin'}:{os.environ['PATH']}",
             # Several bakes share one slug and one environment: import this bake's code.
             "PYTHONPATH": str(self.path / "src"),
-            "MYPY_CACHE_DIR": str(MYPY_CACHE),
+            # The linters' caches, one for all bakes (the dependencies' types are read once)
+            # and outside each bake, whose every file a test reads.
+            "MYPY_CACHE_DIR": str(CACHE / "mypy"),
+            "RUFF_CACHE_DIR": str(CACHE / "ruff"),
             # Redis keys and channels of this test worker's own (tests/services.py).
             "REDIS_KEY_PREFIX": redis_prefix(),
         }

@@ -200,6 +200,23 @@ def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bake(cookies_session: object, baked_venv: Path) -> Callable[[dict[str, str]], Project]:
+    """Bakes each combination of answers at most once per xdist worker, for the tests that
+    only read the bake (rendering, linters, deployment checks)."""
+    bakes: dict[tuple[tuple[str, str], ...], Project] = {}
+
+    def bake_once(answers: dict[str, str]) -> Project:
+        key = tuple(sorted(answers.items()))
+        if key not in bakes:
+            result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
+            assert result.exit_code == 0, result.exception
+            bakes[key] = Project(Path(result.project_path), answers["scenario"], baked_venv)
+        return bakes[key]
+
+    return bake_once
+
+
+@pytest.fixture(scope="session")
 def scenario_bakes(cookies_session: object, baked_venv: Path) -> Callable[[str], Project]:
     """Bakes each scenario at most once per xdist worker, whatever order its tests come in."""
 

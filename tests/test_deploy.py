@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .baked import TEMPLATE, Project
+from .baked import Project
 from .conftest import deployment_combinations, require_tool
 
 pytestmark = pytest.mark.quick
@@ -94,35 +94,19 @@ WITH_KUBERNETES = [answers for answers in COMBINATIONS if answers["kubernetes"] 
 WITH_CELERY = [answers for answers in COMBINATIONS if with_celery(answers)]
 
 
-@pytest.fixture(scope="module")
-def bake(cookies_session: object, baked_venv: Path) -> Callable[[dict[str, str]], Bake]:
-    """Bake each combination once for the whole module, whichever tests ask for it."""
-    bakes: dict[str, Bake] = {}
-
-    def bake_once(answers: dict[str, str]) -> Bake:
-        if ids(answers) not in bakes:
-            result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
-            assert result.exit_code == 0, result.exception
-            project = Project(Path(result.project_path), answers["scenario"], baked_venv)
-            bakes[ids(answers)] = Bake(project, answers)
-        return bakes[ids(answers)]
-
-    return bake_once
-
-
 @pytest.fixture(params=COMBINATIONS, ids=ids)
-def baked(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Bake]) -> Bake:
-    return bake(request.param)
+def baked(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Project]) -> Bake:
+    return Bake(bake(request.param), request.param)
 
 
 @pytest.fixture(params=WITH_KUBERNETES, ids=ids)
-def kubernetes(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Bake]) -> Bake:
-    return bake(request.param)
+def kubernetes(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Project]) -> Bake:
+    return Bake(bake(request.param), request.param)
 
 
 @pytest.fixture(params=WITH_CELERY, ids=ids)
-def celery(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Bake]) -> Bake:
-    return bake(request.param)
+def celery(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Project]) -> Bake:
+    return Bake(bake(request.param), request.param)
 
 
 def seconds(duration: str | int) -> int:
@@ -459,9 +443,10 @@ def test_kubernetes_api_pods_match_the_profile_and_are_locked_down(kubernetes: B
 
 
 def test_kubernetes_worker_lets_jobs_finish(
-    celery: Bake, bake: Callable[[dict[str, str]], Bake]
+    celery: Bake, bake: Callable[[dict[str, str]], Project]
 ) -> None:
-    celery = bake({**celery.answers, "kubernetes": "yes"})
+    answers = {**celery.answers, "kubernetes": "yes"}
+    celery = Bake(bake(answers), answers)
 
     pod = objects(celery)[f"Deployment/{celery.name}-worker"]["spec"]["template"]["spec"]
 

@@ -1,11 +1,11 @@
 """Every supported combination bakes into a project that is fully rendered and lint-clean."""
 
 import re
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from .baked import TEMPLATE, Project
+from .baked import Project
 from .conftest import supported_combinations
 
 pytestmark = pytest.mark.quick
@@ -13,10 +13,8 @@ UNRENDERED = re.compile(r"{{|{%|cookiecutter\.")
 
 
 @pytest.fixture(params=supported_combinations(), ids=lambda answers: "-".join(answers.values()))
-def baked(request: pytest.FixtureRequest, cookies: object, baked_venv: Path) -> Project:
-    result = cookies.bake(template=str(TEMPLATE), extra_context=request.param)  # type: ignore[attr-defined]
-    assert result.exit_code == 0, result.exception
-    return Project(Path(result.project_path), request.param["scenario"], baked_venv)
+def baked(request: pytest.FixtureRequest, bake: Callable[[dict[str, str]], Project]) -> Project:
+    return bake(request.param)
 
 
 def test_no_file_keeps_template_syntax(baked: Project) -> None:
