@@ -3,6 +3,7 @@
 import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from .services import redis_prefix
+from .services import redis_prefix, worker_name
 from .waiting import TimedOut, wait_until
 
 TEMPLATE = Path(__file__).parent.parent
@@ -38,8 +39,11 @@ def find_interpreter(version: str) -> str | None:
     if shutil.which("pyenv"):
         root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True)
         versions = Path(root.stdout.strip(), "versions")
-        if found := sorted(versions.glob(f"{version}.*/bin/python{version}")):
-            return str(found[-1])
+        found = versions.glob(f"{version}.*/bin/python{version}")
+        if newest := max(found, key=lambda path: int(path.parts[-3].split(".")[2]), default=None):
+            return str(newest)
+    if shutil.which("uv") is None:
+        return None
     uv = subprocess.run(
         ["uv", "python", "find", "--system", version], capture_output=True, text=True, check=False
     )
@@ -82,11 +86,15 @@ class Project:
             **inherited,
             "VIRTUAL_ENV": str(self.venv),
             "PATH": f"{self.venv / 'bin'}:{os.environ['PATH']}",
-            # Several bakes share one slug and one environment: import this bake's code.
+            # Several bakes share one slug and one environment: import this bake's code,
+            # and write no bytecode into the bake, whose every file a test reads.
             "PYTHONPATH": str(self.path / "src"),
-            # The linters' caches, one for all bakes (the dependencies' types are read once)
-            # and outside each bake, whose every file a test reads.
-            "MYPY_CACHE_DIR": str(CACHE / "mypy"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            # The linters' caches, shared by the bakes (the dependencies' types are read
+            # once) and outside them.
+            # (mypy's cache is a SQLite file that concurrent runs may find locked: one per
+            # xdist worker.)
+            "MYPY_CACHE_DIR": str(CACHE / "mypy" / worker_name()),
             "RUFF_CACHE_DIR": str(CACHE / "ruff"),
             # Redis keys and channels of this test worker's own (tests/services.py).
             "REDIS_KEY_PREFIX": redis_prefix(),
@@ -314,7 +322,15 @@ class Server:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free loopback port below the kernel's ephemeral range, which the many outgoing
+    connections of a load test draw from: none of them can take it before the server binds
+    it. (Another xdist worker picks at random too and checks the port is free.)"""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10_000, low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port

@@ -83,9 +83,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     for service in (services.Postgres(), services.Redis(), services.RabbitMQ()):
         with suppress(Exception):  # unreachable: the fixtures that need it say so
-            if swept := service.sweep():
+            # What killed runs left, this run's pid's included (a killed run had it before).
+            if swept := service.sweep() + service.sweep(run_pid=services.RUN_PID):
                 SUMMARY.append(f"removed what killed runs left: {', '.join(swept)}")
-    with suppress(Exception):
+    with suppress(Exception):  # postgres_url says why, if it must
         services.Postgres().create()
 
 
@@ -154,6 +155,12 @@ def require_url(service: str, url: str) -> None:
 def postgres_url() -> str:
     """The run's own database (made when the run starts, dropped when it ends)."""
     require_url("PostgreSQL", services.POSTGRES_URL)
+    name = services.run_name()
+    require_that(
+        name in services.Postgres().databases(),
+        f"the run's database {name} could not be created on {services.POSTGRES_URL} "
+        "(may its user create databases?)",
+    )
     return services.Postgres().url
 
 
@@ -221,7 +228,7 @@ def scenario_bakes(cookies_session: object, baked_venv: Path) -> Callable[[str],
     """Bakes each scenario at most once per xdist worker, whatever order its tests come in."""
 
     @functools.cache
-    def bake(scenario: str) -> Project:
+    def bake_scenario(scenario: str) -> Project:
         result = cookies_session.bake(  # type: ignore[attr-defined]
             template=str(TEMPLATE), extra_context=answers_for(scenario)
         )
@@ -232,7 +239,7 @@ def scenario_bakes(cookies_session: object, baked_venv: Path) -> Callable[[str],
             baked.make("model")
         return baked
 
-    return bake
+    return bake_scenario
 
 
 @pytest.fixture(scope="module", params=SCENARIOS)

@@ -1,19 +1,22 @@
 """The shared PostgreSQL, Redis and RabbitMQ, and each test run's own corner of them.
 
 A run works in a PostgreSQL database, under Redis key and channel prefixes and in RabbitMQ
-vhosts, all named `fpt_<pid>_...` after the pytest process that leads it. It removes them
-when it ends, failed tests or not, and at its start removes those of earlier runs whose
-process is gone (a run that was killed). Each xdist worker gets a Redis prefix and a vhost
-of its own, so that two tests running side by side never share a queue or a channel.
+vhosts, all named `fpt_<host>_<pid>...` after the machine and the pytest process that lead
+it. It removes them when it ends, failed tests or not, and at its start removes those of
+this machine's earlier runs whose process is gone (a run that was killed). Each xdist worker
+gets a Redis prefix and a vhost of its own, so that two tests running side by side never
+share a queue or a channel.
 
 The servers come from TEST_POSTGRES_URL, TEST_REDIS_URL and TEST_AMQP_URL; a vhost is made
 with `rabbitmqctl`, so it must be able to reach the broker (it is local, or configured).
 """
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from contextlib import suppress
@@ -29,14 +32,17 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-# Every name a run gives to what it creates: fpt_<pid of the run's pytest>_<part>.
-NAME = re.compile(r"fpt_(\d+)_?[a-z0-9_]*")
+# Every name a run gives to what it creates: fpt_<host>_<pid of the run's pytest>[_<part>].
+NAME = re.compile(r"fpt_([0-9a-f]{6})_(\d+)(?:_[a-z0-9]+)?")
+# Runs on other machines may share the servers; whether they still go on cannot be told
+# from here, so only this machine's runs are ever swept.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 # The pid of the run's leading pytest process; conftest.py hands it to xdist's workers.
 RUN_PID = os.getpid()
 
 
 def run_name(part: str = "") -> str:
-    return f"fpt_{RUN_PID}_{part}".rstrip("_")
+    return f"fpt_{HOST}_{RUN_PID}_{part}".rstrip("_")
 
 
 def worker_name() -> str:
@@ -53,9 +59,9 @@ def belongs_to_a_live_run(name: str, run_pid: int | None = None) -> bool:
     """Whether `name` is a run's and that run still goes on; with run_pid, whether it is
     that run's (a run sweeps its own names at its end, live or not)."""
     match = NAME.fullmatch(name)
-    if match is None:
-        return True  # not a run's: never touched
-    pid = int(match[1])
+    if match is None or match[1] != HOST:
+        return True  # not a run's, or another machine's: never touched
+    pid = int(match[2])
     if run_pid is not None:
         return pid != run_pid
     with suppress(OSError):
@@ -100,7 +106,8 @@ class Postgres:
 
     def sweep(self, run_pid: int | None = None) -> list[str]:
         gone = [name for name in self.databases() if not belongs_to_a_live_run(name, run_pid)]
-        asyncio.run(self._admin(*(f'DROP DATABASE "{name}" WITH (FORCE)' for name in gone)))
+        for name in gone:  # one at a time: a database another sweep took is no failure
+            asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         return gone
 
 

@@ -20,7 +20,7 @@ def test_suite_passes_on_sqlite(project: Project) -> None:
 @pytest.mark.parametrize(
     "project",
     [
-        pytest.param(scenario, marks=[pytest.mark.quick] * (scenario == QUICK_SUITE))
+        pytest.param(scenario, marks=pytest.mark.quick) if scenario == QUICK_SUITE else scenario
         for scenario in SCENARIOS_WITH_DATABASE
     ],
     indirect=True,

@@ -24,9 +24,7 @@ import pytest
 import yaml
 
 from .baked import Project
-from .conftest import deployment_combinations, require_tool
-
-pytestmark = pytest.mark.quick
+from .conftest import deployment_combinations, require_tool, supported_combinations
 
 # The oldest Kubernetes the manifests support (the preStop sleep action), and the newest
 # whose schemas kubernetes-validate ships.
@@ -89,9 +87,20 @@ def with_celery(answers: dict[str, str]) -> bool:
     return answers.get("use_celery", "yes" if answers["scenario"] == "batch" else "no") == "yes"
 
 
-COMBINATIONS = deployment_combinations()
-WITH_KUBERNETES = [answers for answers in COMBINATIONS if answers["kubernetes"] == "yes"]
-WITH_CELERY = [answers for answers in COMBINATIONS if with_celery(answers)]
+def tiered(combinations: list[dict[str, str]]) -> list[Any]:
+    """The combinations; one per scenario, kubernetes and use_celery answer also make the
+    quick tier (the others differ only in the Python version's number)."""
+    quick = deployment_combinations()
+    return [
+        pytest.param(answers, marks=pytest.mark.quick) if answers in quick else answers
+        for answers in combinations
+    ]
+
+
+SUPPORTED = supported_combinations()
+COMBINATIONS = tiered(SUPPORTED)
+WITH_KUBERNETES = tiered([answers for answers in SUPPORTED if answers["kubernetes"] == "yes"])
+WITH_CELERY = tiered([answers for answers in SUPPORTED if with_celery(answers)])
 
 
 @pytest.fixture(params=COMBINATIONS, ids=ids)

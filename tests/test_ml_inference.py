@@ -4,7 +4,6 @@ model file stops Gunicorn at start with one line."""
 
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from .baked import Project, Server
+from .waiting import wait_for
 
 pytestmark = pytest.mark.parametrize("project", ["ml_inference"], indirect=True)
 
@@ -30,19 +30,19 @@ def model_loads(server: Server) -> list[int]:
 def predictions_from_every_worker(server: Server, workers: int) -> set[int]:
     """New connections until each worker has answered a prediction; their pids. A worker
     still loading its model (preload off) answers once it has loaded it."""
-    deadline = time.monotonic() + 30
-    answered: set[int] = set()
-    while len(answered) < workers and time.monotonic() < deadline:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+
+    def answered() -> set[int]:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
             response = client.post("/predict", json={"instances": [SETOSA]})
         assert response.status_code == 200, response.text
         assert response.json() == {"predictions": ["setosa"]}
-        answered = {
+        return {
             entry["pid"]
             for entry in server.log_entries("access")
             if entry["path"] == "/predict" and entry["status"] == 200
         }
-    return answered
+
+    return wait_for(answered, lambda pids: len(pids) >= workers, f"{workers} workers to predict")
 
 
 def test_two_workers_predict_describe_the_model_and_refuse_a_short_row(project: Project) -> None:

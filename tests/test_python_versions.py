@@ -1,34 +1,102 @@
 """Every Python version offered at bake time runs its bake's own tests and linters, with
-that interpreter (found with pyenv or uv; missing in CI, a failure)."""
+that interpreter (found with pyenv or uv; missing in CI, a failure); and the baked Makefile
+makes its environment with the Python it is told to use, and only that one."""
 
+import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from .baked import TEMPLATE, Project, find_interpreter, venv_for
-from .conftest import EVERY_DEPENDENCY, PYTHON_VERSIONS, require_that
+from .conftest import EVERY_DEPENDENCY, PYTHON_VERSIONS, answers_for, require_that
 
 # The bake with the most parts: items in a database, and Celery jobs.
 WIDEST = EVERY_DEPENDENCY[0]
 
 
+@pytest.fixture
+def bake(cookies_session: object) -> Callable[[dict[str, str]], Path]:
+    """A bake of the test's own: these tests run and install in it."""
+
+    def bake_with(answers: dict[str, str]) -> Path:
+        result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
+        assert result.exit_code == 0, result.exception
+        return Path(result.project_path)
+
+    return bake_with
+
+
+def interpreter(version: str) -> str:
+    found = find_interpreter(version)
+    require_that(found is not None, f"no Python {version} here (pyenv, uv python find)")
+    assert found is not None
+    return found
+
+
 @pytest.mark.parametrize("version", PYTHON_VERSIONS)
 def test_a_bake_for_each_python_passes_its_own_tests_and_lint(
-    version: str, cookies_session: object
+    version: str, bake: Callable[[dict[str, str]], Path]
 ) -> None:
-    interpreter = find_interpreter(version)
-    require_that(interpreter is not None, f"no Python {version} here (pyenv, uv python find)")
-    assert interpreter is not None
-    result = cookies_session.bake(  # type: ignore[attr-defined]
-        template=str(TEMPLATE), extra_context={**WIDEST, "python_version": version}
-    )
-    assert result.exit_code == 0, result.exception
-    project = Project(Path(result.project_path), WIDEST["scenario"], venv_for(interpreter))
+    baked = bake({**WIDEST, "python_version": version})
+    project = Project(baked, WIDEST["scenario"], venv_for(interpreter(version)))
 
     tested = project.make("test")
     linted = project.make("lint")
 
     assert " passed" in tested.stdout
     assert " failed" not in tested.stdout
-    assert f"Python {version}" in project.python("import sys; print('Python', sys.version)")
     assert "Success: no issues found" in linted.stdout
+
+
+def make(project: Path, *args: str) -> tuple[int, str]:
+    """`make` in a bake as its user runs it, outside any virtual environment; exit code and
+    output."""
+    env = {name: value for name, value in os.environ.items() if name != "VIRTUAL_ENV"}
+    result = subprocess.run(
+        ["make", *args], cwd=project, env=env, capture_output=True, text=True, check=False
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture
+def websocket_bake(bake: Callable[[dict[str, str]], Path]) -> Path:
+    """The bake with the fewest dependencies, for the tests that install it again."""
+    return bake({**answers_for("websocket"), "python_version": PYTHON_VERSIONS[0]})
+
+
+def test_make_stops_with_one_line_when_python_cannot_run(websocket_bake: Path) -> None:
+    code, output = make(websocket_bake, "install", "PYTHON=/nonexistent/python3")
+
+    assert code != 0
+    assert "No Python at PYTHON=/nonexistent/python3" in output
+    assert len(output.strip().splitlines()) == 1, output
+
+
+def test_make_refuses_a_python_older_than_the_bakes(
+    bake: Callable[[dict[str, str]], Path],
+) -> None:
+    newest = bake({**answers_for("websocket"), "python_version": PYTHON_VERSIONS[-1]})
+    oldest = interpreter(PYTHON_VERSIONS[0])
+
+    code, output = make(newest, "install", f"PYTHON={oldest}")
+
+    assert code != 0
+    assert f"is Python {PYTHON_VERSIONS[0]}; this service needs {PYTHON_VERSIONS[-1]}" in output
+
+
+def test_make_builds_the_environment_again_only_when_another_python_made_it(
+    websocket_bake: Path, tmp_path: Path
+) -> None:
+    oldest, newer = interpreter(PYTHON_VERSIONS[0]), interpreter(PYTHON_VERSIONS[1])
+    venv = tmp_path / "venv"
+    first_code, first = make(websocket_bake, "install", f"VENV={venv}", f"PYTHON={oldest}")
+
+    again_code, again = make(websocket_bake, "install", f"VENV={venv}", f"PYTHON={newer}")
+    same_code, same = make(websocket_bake, "install", f"VENV={venv}", f"PYTHON={newer}")
+
+    assert (first_code, again_code, same_code) == (0, 0, 0), first + again + same
+    assert f"was made by Python {PYTHON_VERSIONS[0]}" in again
+    assert (venv / "bin" / f"python{PYTHON_VERSIONS[1]}").exists()
+    assert "was made by" not in same

@@ -15,7 +15,7 @@ def dead_run() -> str:
     """The name a run whose pytest process has exited would have given its things."""
     exited = subprocess.Popen(["true"])
     exited.wait()
-    return f"fpt_{exited.pid}_gw0"
+    return f"fpt_{services.HOST}_{exited.pid}_gw0"
 
 
 def test_a_killed_runs_database_is_dropped_and_a_live_runs_kept(
@@ -54,3 +54,19 @@ def test_a_killed_runs_vhost_is_deleted(rabbitmq_url: str, dead_run: str) -> Non
     assert dead_run in swept
     assert dead_run not in broker.vhosts()
     assert services.run_name(services.worker_name()) in broker.vhosts()  # rabbitmq_url's own
+
+
+def test_another_machines_run_is_never_swept(redis_url: str) -> None:
+    # Whether a run elsewhere still goes on cannot be told from here: its names stay.
+    elsewhere = "fpt_{}_1_gw0:left".format("0" * 6 if services.HOST != "0" * 6 else "1" * 6)
+    redis = services.Redis()
+    with redis.client() as client:
+        client.set(elsewhere, "1")
+        try:
+            swept = redis.sweep()
+            still_there = client.exists(elsewhere)
+        finally:
+            client.delete(elsewhere)
+
+    assert elsewhere not in swept
+    assert still_there

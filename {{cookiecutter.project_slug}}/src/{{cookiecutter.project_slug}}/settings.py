@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 {%- if cookiecutter.scenario == "websocket" or cookiecutter.use_celery == "yes" %}
     # Every Redis key and channel of this service starts with it, so that services (or two
-    # deployments of one) can share a Redis server{% if cookiecutter.use_celery == "yes" %} (Celery's keys too, on a Redis broker){% endif %}.
+    # deployments of one) can share a Redis server{% if cookiecutter.use_celery == "yes" %} (Celery's keys too, on a Redis broker: jobs
+    # queued under one prefix are not seen under another, so drain the queue before changing it){% endif %}.
     redis_key_prefix: str = f"{__package__}:"
 {%- endif %}
 
