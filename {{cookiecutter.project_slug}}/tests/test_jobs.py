@@ -121,6 +121,8 @@ async def test_a_csv_upload_is_queued_with_its_status_url(
         (b"name,price\nwidget,3\n", "missing group, value (found 'name', 'price')"),
         (b"group,price\na,3\n", "missing value (found 'group', 'price')"),
         (b"group,value\n", "the file has a header but no rows"),
+        (b'group,value\n"a,1\n', "line 2: unexpected end of data"),
+        (b"group,value\n" + b"a" * 200_000 + b",1\n", "line 2: field larger than field limit"),
     ],
 )
 async def test_a_file_that_is_no_usable_csv_is_refused_at_once(

@@ -30,7 +30,11 @@ def check(data: bytes) -> None:
     """What can be known cheaply, before the job is queued: the file's shape, not its rows."""
     rows = _reader(data)
     _columns(rows)
-    if next(rows, None) is None:
+    try:
+        first = next(rows, None)
+    except csv.Error as error:  # an unterminated quote, a field over the csv module's limit
+        raise CsvProblem(f"line {rows.line_num}: {error}") from None
+    if first is None:
         raise CsvProblem("the file has a header but no rows")
 
 
