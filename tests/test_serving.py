@@ -119,3 +119,12 @@ def test_production_refuses_the_default_secret_under_gunicorn(project: Project) 
     assert result.stderr.strip().splitlines()[-1] == (
         "invalid configuration: SECRET_KEY must be set to a secret of your own in production"
     )
+
+
+@pytest.mark.parametrize("project", ["public_api"], indirect=True)
+def test_answers_do_not_name_the_server(project: Project) -> None:
+    with project.serve(workers=1, **project.database(None)) as server:
+        answers = [httpx.get(f"{server.url}{path}") for path in ("/health/live", "/no/such/path")]
+
+    assert [answer.status_code for answer in answers] == [200, 404]
+    assert [answer.headers.get("server") for answer in answers] == [None, None]

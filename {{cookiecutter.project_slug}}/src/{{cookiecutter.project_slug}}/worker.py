@@ -128,6 +128,9 @@ class Worker(UvicornWorker):
         "http": DrainingHttpToolsProtocol,
         # The app's own middleware writes the access log, with the request id.
         "access_log": False,
+        # No "server: uvicorn" on every answer: which server and version runs is nobody's
+        # business outside.
+        "server_header": False,
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
