@@ -62,6 +62,21 @@ def supported_combinations() -> list[dict[str, str]]:
     ] + [{**EVERY_DEPENDENCY[0], "python_version": "3.11"}]
 
 
+def bake_path(cookies: object, answers: dict[str, str]) -> Path:
+    """Where pytest-cookies baked these answers; the bake must succeed."""
+    result = cookies.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.exception
+    return Path(result.project_path)
+
+
+def require_python(version: str) -> str:
+    """An interpreter of this Python version; like require(), a failure in CI if missing."""
+    found = find_interpreter(version)
+    require_that(found is not None, f"no Python {version} here (pyenv, uv python find)")
+    assert found is not None
+    return found
+
+
 def leads_the_run(config: pytest.Config) -> bool:
     """The pytest process that leads the run: the only one, or xdist's controller."""
     return not hasattr(config, "workerinput")
@@ -81,7 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not leads_the_run(config):
         services.RUN_PID = config.workerinput["run_pid"]  # type: ignore[attr-defined]
         return
-    for service in (services.Postgres(), services.Redis(), services.RabbitMQ()):
+    for service in services.ALL:
         with suppress(Exception):  # unreachable: the fixtures that need it say so
             # What killed runs left, this run's pid's included (a killed run had it before).
             if swept := service.sweep() + service.sweep(run_pid=services.RUN_PID):
@@ -99,7 +114,7 @@ def pytest_configure_node(node: object) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The run removes its database, Redis keys and vhosts, whatever became of its tests."""
     if leads_the_run(config):
-        for service in (services.Postgres(), services.Redis(), services.RabbitMQ()):
+        for service in services.ALL:
             with suppress(Exception):
                 service.sweep(run_pid=services.RUN_PID)
 
@@ -190,19 +205,15 @@ def rabbitmq_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def baked_venv() -> Path:
     """The environment most bakes share, on the oldest Python offered."""
-    interpreter = find_interpreter(PYTHON_VERSIONS[0])
-    require_that(interpreter is not None, f"no Python {PYTHON_VERSIONS[0]} here")
-    assert interpreter is not None
-    return venv_for(interpreter)
+    return venv_for(require_python(PYTHON_VERSIONS[0]))
 
 
 @pytest.fixture(scope="session")
 def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
     """The shared environment, with every generated service's dependencies installed."""
     for answers in EVERY_DEPENDENCY:
-        result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
-        assert result.exit_code == 0, result.exception
-        Project(Path(result.project_path), answers["scenario"], baked_venv).make("install")
+        path = bake_path(cookies_session, answers)
+        Project(path, answers["scenario"], baked_venv).make("install")
     return baked_venv
 
 
@@ -215,9 +226,8 @@ def bake(cookies_session: object, baked_venv: Path) -> Callable[[dict[str, str]]
     def bake_once(answers: dict[str, str]) -> Project:
         key = tuple(sorted(answers.items()))
         if key not in bakes:
-            result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
-            assert result.exit_code == 0, result.exception
-            bakes[key] = Project(Path(result.project_path), answers["scenario"], baked_venv)
+            path = bake_path(cookies_session, answers)
+            bakes[key] = Project(path, answers["scenario"], baked_venv)
         return bakes[key]
 
     return bake_once
@@ -229,11 +239,8 @@ def scenario_bakes(cookies_session: object, baked_venv: Path) -> Callable[[str],
 
     @functools.cache
     def bake_scenario(scenario: str) -> Project:
-        result = cookies_session.bake(  # type: ignore[attr-defined]
-            template=str(TEMPLATE), extra_context=answers_for(scenario)
-        )
-        assert result.exit_code == 0, result.exception
-        baked = Project(Path(result.project_path), scenario=scenario, venv=baked_venv)
+        path = bake_path(cookies_session, answers_for(scenario))
+        baked = Project(path, scenario=scenario, venv=baked_venv)
         baked.make("install")
         if scenario == "ml_inference":
             baked.make("model")

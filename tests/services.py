@@ -172,6 +172,9 @@ class RabbitMQ:
         return gone
 
 
+ALL = (Postgres(), Redis(), RabbitMQ())
+
+
 def leftovers() -> dict[str, list[str]]:
     """What test runs named on the shared servers and have not removed (yet); and, to see
     what anything else left, the schemas of TEST_POSTGRES_URL's own database, every Redis

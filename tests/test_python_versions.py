@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .baked import TEMPLATE, Project, find_interpreter, venv_for
-from .conftest import EVERY_DEPENDENCY, PYTHON_VERSIONS, answers_for, require_that
+from .baked import Project, venv_for
+from .conftest import EVERY_DEPENDENCY, PYTHON_VERSIONS, answers_for, bake_path, require_python
 
 # The bake with the most parts: items in a database, and Celery jobs.
 WIDEST = EVERY_DEPENDENCY[0]
@@ -20,19 +20,7 @@ WIDEST = EVERY_DEPENDENCY[0]
 def bake(cookies_session: object) -> Callable[[dict[str, str]], Path]:
     """A bake of the test's own: these tests run and install in it."""
 
-    def bake_with(answers: dict[str, str]) -> Path:
-        result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
-        assert result.exit_code == 0, result.exception
-        return Path(result.project_path)
-
-    return bake_with
-
-
-def interpreter(version: str) -> str:
-    found = find_interpreter(version)
-    require_that(found is not None, f"no Python {version} here (pyenv, uv python find)")
-    assert found is not None
-    return found
+    return lambda answers: bake_path(cookies_session, answers)
 
 
 @pytest.mark.parametrize("version", PYTHON_VERSIONS)
@@ -40,7 +28,7 @@ def test_a_bake_for_each_python_passes_its_own_tests_and_lint(
     version: str, bake: Callable[[dict[str, str]], Path]
 ) -> None:
     baked = bake({**WIDEST, "python_version": version})
-    project = Project(baked, WIDEST["scenario"], venv_for(interpreter(version)))
+    project = Project(baked, WIDEST["scenario"], venv_for(require_python(version)))
 
     tested = project.make("test")
     linted = project.make("lint")
@@ -78,7 +66,7 @@ def test_make_refuses_a_python_older_than_the_bakes(
     bake: Callable[[dict[str, str]], Path],
 ) -> None:
     newest = bake({**answers_for("websocket"), "python_version": PYTHON_VERSIONS[-1]})
-    oldest = interpreter(PYTHON_VERSIONS[0])
+    oldest = require_python(PYTHON_VERSIONS[0])
 
     code, output = make(newest, "install", f"PYTHON={oldest}")
 
@@ -89,7 +77,7 @@ def test_make_refuses_a_python_older_than_the_bakes(
 def test_make_builds_the_environment_again_only_when_another_python_made_it(
     websocket_bake: Path, tmp_path: Path
 ) -> None:
-    oldest, newer = interpreter(PYTHON_VERSIONS[0]), interpreter(PYTHON_VERSIONS[1])
+    oldest, newer = require_python(PYTHON_VERSIONS[0]), require_python(PYTHON_VERSIONS[1])
     venv = tmp_path / "venv"
     first_code, first = make(websocket_bake, "install", f"VENV={venv}", f"PYTHON={oldest}")
 

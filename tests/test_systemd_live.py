@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from .baked import TEMPLATE, Project, free_port
-from .conftest import require_tool, supported_combinations
+from .conftest import bake_path, require_tool, supported_combinations
 from .test_deploy import with_celery
 from .waiting import TimedOut, wait_for, wait_until
 
@@ -116,9 +116,7 @@ def host(
     started by systemd with an environment file pointing at PostgreSQL and Redis."""
     requirements()
     answers = next(answers for answers in supported_combinations() if with_celery(answers))
-    result = cookies_session.bake(template=str(TEMPLATE), extra_context=answers)  # type: ignore[attr-defined]
-    assert result.exit_code == 0, result.exception
-    project = Project(Path(result.project_path), answers["scenario"], installed_venv)
+    project = Project(bake_path(cookies_session, answers), answers["scenario"], installed_venv)
     name = project.path.name.replace("_", "-")
     work = project.path.parent / "systemd-host"
     (work / "root").mkdir(parents=True)
