@@ -19,6 +19,8 @@ PACKAGE = Path("src") / SLUG
 # path (relative to the project) -> the answers under which it is kept; a file comes
 # before the folder that holds it
 MANIFEST: dict[Path, dict[str, set[str]]] = {
+    # JSON request bodies: items, predictions and room messages; batch takes only uploads.
+    PACKAGE / "bodies.py": {"scenario": {"public_api", "microservice", "ml_inference", "websocket"}},
     PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
     Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
     PACKAGE / "inference": {"scenario": {"ml_inference"}},

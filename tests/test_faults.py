@@ -39,9 +39,9 @@ class Faults:
     directory: Path
 
     @contextlib.contextmanager
-    def serve(self, project: Project, **env: str) -> Iterator[Server]:
+    def serve(self, project: Project, workers: int = 2, **env: str) -> Iterator[Server]:
         with project.serve(
-            workers=2, app="fault_app:app", FAULT_APP_DIR=str(self.directory), **env
+            workers=workers, app="fault_app:app", FAULT_APP_DIR=str(self.directory), **env
         ) as server:
             yield server
 

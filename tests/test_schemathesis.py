@@ -11,10 +11,7 @@ import pytest
 
 from .baked import Project
 
-# Starlette's 405 names only the first route that matched the path in `Allow`
-# (GET /items/{id} answers a POST with `Allow: GET`, omitting PUT and DELETE).
-# It is the framework's behaviour, not the schema's: left out, and said in docs/decisions.md.
-CHECKS = ["--checks", "all", "--exclude-checks", "allow_header_conformance"]
+CHECKS = ["--checks", "all"]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 

@@ -64,6 +64,10 @@ bind = [settings.bind or f"{default_host}:{settings.port}"]
 timeout = PROFILE.timeout
 graceful_timeout = PROFILE.graceful_timeout
 keepalive = PROFILE.keepalive
+# Enforced by the project's worker (worker.py) as Gunicorn's sync workers do: 414 and 431.
+limit_request_line = PROFILE.limit_request_line
+limit_request_fields = PROFILE.limit_request_fields
+limit_request_field_size = PROFILE.limit_request_field_size
 # Recycling replaces a worker only after it has exited: with a single worker nothing serves
 # while the new one imports the app (about a second; docs/performance.md), so it is off.
 max_requests = PROFILE.max_requests if workers > 1 else 0
@@ -147,6 +151,9 @@ def resolved() -> dict[str, object]:
         "timeout": timeout,
         "graceful_timeout": graceful_timeout,
         "keepalive": keepalive,
+        "limit_request_line": limit_request_line,
+        "limit_request_fields": limit_request_fields,
+        "limit_request_field_size": limit_request_field_size,
         "max_requests": max_requests,
         "max_requests_jitter": max_requests_jitter,
         "preload": preload_app,

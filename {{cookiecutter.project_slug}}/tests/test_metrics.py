@@ -34,7 +34,7 @@ async def test_a_request_is_in_progress_until_it_is_answered() -> None:
         await send({"type": "http.response.body", "body": b"done"})
 
     before = await in_progress()
-    transport = httpx.ASGITransport(app=RequestObserver(slow))
+    transport = httpx.ASGITransport(app=RequestObserver(slow, max_in_flight=10))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         answer = asyncio.create_task(client.get("/slow"))
         await arrived.wait()
@@ -51,7 +51,7 @@ async def test_a_request_that_fails_is_counted_once_as_a_500_and_no_longer_in_pr
 
     labels = {"method": "GET", "route": "unmatched"}
     before = (await in_progress(), sample("http_requests_total", {**labels, "status": "500"}))
-    transport = httpx.ASGITransport(app=RequestObserver(failing))
+    transport = httpx.ASGITransport(app=RequestObserver(failing, max_in_flight=10))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         with pytest.raises(RuntimeError, match="boom"):
             await client.get("/fails")
@@ -80,7 +80,7 @@ async def test_an_answer_is_counted_before_it_starts_and_its_duration_as_the_tur
     before = sample(*answers), sample(*durations)
     scope: Scope = {"type": "http", "method": "GET", "path": "/hi", "headers": [], "client": None}
     for _ in range(3):  # three requests in one turn of the loop
-        await RequestObserver(hello)(scope, no_body, server_side)
+        await RequestObserver(hello, max_in_flight=10)(scope, no_body, server_side)
     durations_in_the_turn = sample(*durations) - before[1]
     await asyncio.sleep(0)
 

@@ -3,13 +3,16 @@
 import json
 from typing import Any
 
-from fastapi import Request, Response, status
+from fastapi import HTTPException, Request, Response, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 {%- if cookiecutter.database != "none" %}
 from sqlalchemy import exc as sa
 {%- endif %}
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 
 class Problem(BaseModel):
@@ -37,14 +40,50 @@ def documented(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: TOO_LARGE if code == 413 else {"model": Problem} for code in status_codes}
 
 
-async def validation_failed(_request: Request, error: RequestValidationError) -> Response:
-    """FastAPI's own 422 body, encoded so that any input can be echoed back.
+# A 422 names this many errors, the first ones, and quotes at most this many characters of
+# the input each: its size and the time to build it stay bounded whatever the body was.
+ERRORS_NAMED = 10
+QUOTED_CHARACTERS = 200
 
-    The errors quote the client's input; a lone surrogate in it cannot be encoded as
-    UTF-8, and the default handler would turn the 422 into a 500.
+
+async def validation_failed(_request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's own 422 body, with the first errors only and the input they quote cut short.
+
+    FastAPI quotes the whole input of each error: a missing field quotes the whole object,
+    so a large body would be sent back whole, once per error. Strings are cut, objects and
+    arrays not quoted (`loc` says where the error is). Encoded as ASCII, so that a lone
+    surrogate in the input cannot turn the 422 into a 500.
     """
-    body = json.dumps({"detail": jsonable_encoder(error.errors())}, ensure_ascii=True)
+    errors = [_quoting_less(e) for e in error.errors()[:ERRORS_NAMED]]
+    body = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
     return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
+
+def _quoting_less(error: Any) -> dict[str, Any]:
+    quoted = {key: value for key, value in error.items() if key != "input"}
+    value = error.get("input")
+    if isinstance(value, str):
+        quoted["input"] = value[:QUOTED_CHARACTERS]
+    elif isinstance(value, int | float | bool) or value is None:
+        quoted["input"] = value
+    return quoted
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+async def method_not_allowed(request: Request, error: StarletteHTTPException) -> Response:
+    """A 405 whose `Allow` names every method the path answers: Starlette's names only
+    those of the first route that matched the path (GET /items/{id} said `Allow: GET`,
+    without PUT and DELETE). Each method is tried against the routes, as the router would."""
+
+    def answers(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes)
+
+    methods = [method for method in HTTP_METHODS if answers(method)]
+    allowed = HTTPException(error.status_code, error.detail, {"allow": ", ".join(methods)})
+    return await http_exception_handler(request, allowed)
 
 {%- if cookiecutter.database != "none" %}
 

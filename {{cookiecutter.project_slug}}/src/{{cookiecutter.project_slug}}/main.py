@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 {%- endif %}
 
-from fastapi import FastAPI
+from fastapi import FastAPI, status
 from fastapi.exceptions import RequestValidationError
 {%- if cookiecutter.database != "none" %}
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         exception_handlers={
             RequestValidationError: errors.validation_failed,
+            status.HTTP_405_METHOD_NOT_ALLOWED: errors.method_not_allowed,
 {%- if cookiecutter.database != "none" %}
             **dict.fromkeys(errors.DATABASE_UNAVAILABLE, errors.database_unavailable),
 {%- endif %}
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.allowed_hosts != ["*"]:
         app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
     # Outermost, so that every answer (a refused host included) is counted and logged.
-    app.add_middleware(RequestObserver)
+    app.add_middleware(RequestObserver, max_in_flight=settings.max_concurrent_requests)
     app.include_router(health.router)
     app.include_router(metrics.router)
 {%- if cookiecutter.scenario == "ml_inference" %}

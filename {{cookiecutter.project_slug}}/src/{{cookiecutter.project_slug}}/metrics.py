@@ -70,12 +70,20 @@ IN_PROGRESS = Gauge(
     ["method"],
     multiprocess_mode="livesum",
 )
+# Requests turned away before the app saw them (an oversized or slow head, a stalled body)
+# or without running it (the worker at its limit of concurrent requests).
+REFUSED = Counter(
+    "http_requests_refused_total",
+    "HTTP requests refused by the server, by reason.",
+    ["reason"],
+)
 
 # The labelled series, each looked up once: `labels()` validates and locks on every call,
 # a measurable share of a fast request's time. Routes and methods are few, so are these.
 answered = functools.cache(REQUESTS.labels)
 timed = functools.cache(DURATION.labels)
 in_progress = functools.cache(IN_PROGRESS.labels)
+refused = functools.cache(REFUSED.labels)
 
 
 class RequestMetrics:
@@ -103,6 +111,9 @@ class RequestMetrics:
 
     def answered(self, method: str, route: str, status: int) -> None:
         answered(method, route, status).count_one()
+
+    def refused(self, reason: str) -> None:
+        refused(reason).inc()
 
     def finished(self, method: str, route: str, seconds: float) -> None:
         self._running[method] -= 1

@@ -12,8 +12,10 @@ import time
 from collections.abc import Awaitable
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import Problem
 from .logs import AccessLog, request_id
 from .metrics import RequestMetrics
 
@@ -25,8 +27,15 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp) -> None:
+    """Counts and logs every request, and sheds those past `max_in_flight` at once with a
+    503: a worker that accepted more would answer all of them late. Health checks and
+    metrics are never shed: an instance at capacity must not look dead, and its metrics
+    are what shows it at capacity."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
         self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,9 +60,16 @@ class RequestObserver:
             return send(message)
 
         request_metrics.started(method)
+        shed = self.in_flight >= self.max_in_flight and not scope["path"].startswith(NEVER_SHED)
+        self.in_flight += 1
         try:
-            await self.app(scope, receive, send_with_id)
+            if shed:
+                request_metrics.refused("overloaded")
+                await _OVERLOADED(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
+            self.in_flight -= 1
             elapsed = time.perf_counter() - started
             if not status:  # the app raised (or returned) before answering: the server says 500
                 status, route = 500, _route(scope)
@@ -64,6 +80,15 @@ class RequestObserver:
                 method, scope["path"], route, status, elapsed, str(client[0]) if client else None
             )
             request_id.reset(token)
+
+
+NEVER_SHED = ("/health/", "/metrics")
+_OVERLOADED = Response(
+    Problem(detail="the service is at capacity; try again shortly").model_dump_json(),
+    503,
+    headers={"retry-after": "1"},
+    media_type="application/json",
+)
 
 
 def _request_id(scope: Scope) -> str:

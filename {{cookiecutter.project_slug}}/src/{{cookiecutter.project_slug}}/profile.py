@@ -9,7 +9,7 @@ import math
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, {% if cookiecutter.scenario in ["ml_inference", "websocket"] %}PositiveFloat, {% endif %}PositiveInt
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt
 
 {% if cookiecutter.use_celery == "yes" %}
 class CeleryProfile(BaseModel):
@@ -63,6 +63,12 @@ class Profile(BaseModel):
     timeout: PositiveInt
     graceful_timeout: PositiveInt
     keepalive: PositiveInt
+    limit_request_line: NonNegativeInt
+    limit_request_fields: PositiveInt
+    limit_request_field_size: NonNegativeInt
+    header_timeout: PositiveFloat
+    body_timeout: PositiveFloat
+    max_concurrent_requests: PositiveInt
     max_requests: int
     max_requests_jitter: int
     preload: bool

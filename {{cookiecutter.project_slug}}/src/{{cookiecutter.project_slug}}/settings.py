@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     cors_origins: CommaSeparated = []
     # Request bodies larger than this get a 413 before they are read.
     max_body_size: int = Field(default=1024 * 1024, ge=0)
+    # Seconds for a request's complete head (else 408), and for a body to make progress.
+    header_timeout: float = Field(default=PROFILE.header_timeout, gt=0)
+    body_timeout: float = Field(default=PROFILE.body_timeout, gt=0)
+    # Requests one worker answers at once; past it a fast 503 (health checks excepted).
+    max_concurrent_requests: int = Field(default=PROFILE.max_concurrent_requests, ge=1)
 
 {%- if cookiecutter.use_celery == "yes" %}
     # Celery's broker: redis://... or amqp://... in production. The default keeps queued

@@ -14,10 +14,13 @@ docs/performance.md). Here a worker past its limit leaves only while every other
 serves (`Turns`), and goes on serving until then.
 """
 
+import asyncio
 import fcntl
 import logging
 import os
 import sys
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,30 +28,180 @@ from gunicorn.arbiter import Arbiter
 from uvicorn import Config, Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
-{%- if cookiecutter.scenario == "websocket" %}
 
+{% if cookiecutter.scenario == "websocket" -%}
 from .rooms import protocol as rooms_protocol
+{% endif -%}
 from .settings import get_settings
-{%- endif %}
 
 logger = logging.getLogger("uvicorn.error")
 
 # Seconds an idle connection stays open after shutdown begins, for a request in flight to land.
 DRAIN_GRACE = 1.0
+# Seconds a refused request's connection goes on reading (and dropping) what the client
+# still sends: closed with unread data, it would be reset, and the answer lost with it.
+LINGER = 2.0
 
 
-class DrainingHttpToolsProtocol(HttpToolsProtocol):
-    draining = False
-    requests_begun = 0
+@dataclass(frozen=True)
+class RequestLimits:
+    """How much of a request head a client may send, and how slowly it may send a request.
+
+    The sizes are Gunicorn's own settings (`limit_request_line`, `limit_request_fields`,
+    `limit_request_field_size`; 0: no limit), which its sync workers enforce and Uvicorn's
+    worker does not; the timeouts come from the profile."""
+
+    line: int
+    fields: int
+    field_size: int
+    header_timeout: float
+    body_timeout: float
+
+    @property
+    def head_size(self) -> int:
+        """Bytes a whole head may take, checked as it arrives: the parser hands over a
+        header only once it is complete, so a single endless header line is bounded here."""
+        if not (self.line and self.field_size):
+            return 0
+        return self.line + self.fields * (self.field_size + 2) + 2
+
+
+class Refused(Exception):
+    """A request the server turns away: its status, a metric label, and what to tell the client."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class ServingProtocol(HttpToolsProtocol):
+    """Uvicorn's HTTP protocol, with request limits and connections that drain.
+
+    Limits: a request line or head over its limit gets a 414 or 431 and the connection is
+    closed; so is a connection whose head is not complete within `header_timeout` (408),
+    new connections included. A body that makes no progress for `body_timeout` is cut off.
+    `enforce_deadlines` runs once a second for every connection (RecyclingServer), which
+    keeps timers off the path of each request.
+
+    Draining: see the module's docstring.
+    """
+
+    limits: ClassVar[RequestLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.draining = False
+        self.refused = False
+        self.requests_begun = 0
+        self.head_began: float | None = None  # while a head is being read
+        self.head_bytes = 0
+        self.reading_body = False
+        self.body_bytes = 0
+        self.body_checked: tuple[int, float] | None = None  # body bytes when last seen, and when
+
+    @classmethod
+    def configure(cls, limits: RequestLimits) -> None:
+        cls.limits = limits
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self.head_began = self.loop.time()  # a client that sends nothing is timed out too
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if not self.reading_body:
+            if self.head_began is None:
+                self.head_began = self.loop.time()
+            self.head_bytes += len(data)
+        super().data_received(data)
+        size = self.limits.head_size
+        reading_head = self.head_began is not None and not self.refused
+        if size and self.head_bytes > size and reading_head and not self.transport.is_closing():
+            self.refuse(Refused(431, "head_too_large", f"a request head over {size} bytes"))
 
     def on_message_begin(self) -> None:
         self.requests_begun += 1
         super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if self.limits.line and len(self.url) > self.limits.line:
+            raise Refused(414, "line_too_long", f"request line over {self.limits.line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if self.limits.fields and len(self.headers) > self.limits.fields:
+            raise Refused(431, "too_many_headers", f"more than {self.limits.fields} headers")
+        if self.limits.field_size and len(name) + len(value) + 2 > self.limits.field_size:
+            size = self.limits.field_size
+            raise Refused(431, "header_too_large", f"a header line over {size} bytes")
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.head_began, self.head_bytes = None, 0
+        self.reading_body, self.body_bytes, self.body_checked = True, 0, None
         if self.draining:
             self.cycle.keep_alive = False  # answer with Connection: close, then close
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.reading_body = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # Uvicorn answers every parser error with a 400, a Refused raised by a callback too
+        # (the parser's error then has it as its context).
+        error = sys.exc_info()[1]
+        if error is not None and isinstance(error.__context__, Refused):
+            self.refuse(error.__context__)
+        else:
+            super().send_400_response(msg)
+
+    def refuse(self, refusal: Refused) -> None:
+        """Answer `refusal` and close, unless an answer is already on its way (then only close)."""
+        logger.warning("refused a request: %s (%d)", refusal, refusal.status)
+        count_refused(refusal.reason)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()
+            return
+        body = str(refusal).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\n" % (refusal.status, HTTPStatus(refusal.status).phrase.encode())
+            + b"content-type: text/plain; charset=utf-8\r\n"
+            + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            + body
+        )
+        self.refused = True
+        self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
+
+    def eof_received(self) -> None:
+        if self.refused:
+            self.transport.close()  # the client read the answer and closed its side
+
+    def enforce_deadlines(self, now: float) -> None:
+        if self.refused or self.transport.is_closing():
+            return
+        if self.head_began is not None and now - self.head_began > self.limits.header_timeout:
+            if self.cycle is None or self.cycle.response_complete:
+                timeout = self.limits.header_timeout
+                if self.head_bytes:
+                    self.refuse(Refused(408, "header_timeout", f"no complete head in {timeout} s"))
+                else:  # nothing was asked: nothing to answer
+                    count_refused("idle_timeout")
+                    self.transport.close()
+        elif self.reading_body and not self.flow.read_paused:
+            if self.body_checked is None or self.body_checked[0] != self.body_bytes:
+                self.body_checked = (self.body_bytes, now)
+            elif now - self.body_checked[1] > self.limits.body_timeout:
+                logger.warning("closed a connection: its body stalled")
+                count_refused("body_timeout")
+                self.transport.close()
 
     def shutdown(self) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -61,6 +214,14 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
     def _close_if_still_idle(self, requests_begun_at_shutdown: int) -> None:
         if self.requests_begun == requests_begun_at_shutdown and not self.transport.is_closing():
             self.transport.close()
+
+
+def count_refused(reason: str) -> None:
+    # Imported here: Gunicorn's master imports this module before it sets
+    # PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads once, as it is imported.
+    from .metrics import refused
+
+    refused(reason).inc()
 
 
 def serving_marker(metrics_dir: str, pid: int) -> Path:
@@ -111,6 +272,11 @@ class RecyclingServer(Server):
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):
             return True
+        if counter % 10 == 0:  # once a second
+            now = asyncio.get_running_loop().time()
+            for connection in list(self.server_state.connections):
+                if isinstance(connection, ServingProtocol):
+                    connection.enforce_deadlines(now)
         if self.server_state.total_requests < self.recycle_after:
             return False
         if self.turns is None or self.turns.may_leave():
@@ -125,7 +291,7 @@ class RecyclingServer(Server):
 class Worker(UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "uvloop",
-        "http": DrainingHttpToolsProtocol,
+        "http": ServingProtocol,
         # The app's own middleware writes the access log, with the request id.
         "access_log": False,
         # No "server: uvicorn" on every answer: which server and version runs is nobody's
@@ -139,9 +305,19 @@ class Worker(UvicornWorker):
         self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout
         # RecyclingServer counts requests instead, so that workers take turns.
         self.config.limit_max_requests = None
+        settings = get_settings()
+        ServingProtocol.configure(
+            RequestLimits(
+                line=self.cfg.limit_request_line,
+                fields=self.cfg.limit_request_fields,
+                field_size=self.cfg.limit_request_field_size,
+                header_timeout=settings.header_timeout,
+                body_timeout=settings.body_timeout,
+            )
+        )
 {%- if cookiecutter.scenario == "websocket" %}
         # Heartbeats, idle timeout, message size and 1001 on shutdown (rooms/protocol.py).
-        rooms_protocol.configure(self.config, get_settings())
+        rooms_protocol.configure(self.config, settings)
 {%- endif %}
 
     async def _serve(self) -> None:

@@ -5,9 +5,10 @@ from typing import Annotated
 
 from annotated_types import Len
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ..blocking import call_blocking
+from ..bodies import ClientBody
 from ..errors import documented
 from ..profile import InferenceProfile
 from .metadata import ModelError, ModelMetadata
@@ -49,11 +50,9 @@ def create_router(metadata: ModelMetadata, limits: InferenceProfile) -> APIRoute
     feature = Field(strict=True, allow_inf_nan=False, ge=-bound, le=bound)
     router = APIRouter(tags=["inference"])
 
-    class PredictRequest(BaseModel):
+    class PredictRequest(ClientBody):
         """Instances to predict, each a list of feature values in the order of
         `feature_names` (GET /model). Strict: `true` and `"1.5"` are not numbers."""
-
-        model_config = ConfigDict(extra="forbid")
 
         instances: Annotated[
             list[Annotated[list[Annotated[float, feature]], Len(n_features, n_features)]],

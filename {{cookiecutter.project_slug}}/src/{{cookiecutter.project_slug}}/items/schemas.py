@@ -3,6 +3,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from ..bodies import ClientBody
 from .models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH
 
 # Identifiers and offsets must fit the database's 32-bit integers.
@@ -26,13 +27,13 @@ Description = Annotated[str, Field(max_length=DESCRIPTION_MAX_LENGTH, pattern=ST
 Cents = Annotated[int, Field(ge=0, le=MAX_ID, examples=[1999]), BeforeValidator(_whole_number)]
 
 
-class ItemIn(BaseModel):
+class ItemIn(ClientBody):
     """What a client sends to create or replace an item.
 
     Strict: `true` is not a price and `"12"` is not a number, as in the JSON Schema.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)
 
     name: Name
     description: Description | None = None
