@@ -29,6 +29,8 @@ class LoadResult:
     lost: int = 0  # sent, and the connection failed before the whole answer came back
     refused: int = 0  # no connection could be opened
     errors: Counter[str] = field(default_factory=Counter)
+    lost_sent_at: list[float] = field(default_factory=list)  # time.monotonic() of each lost request
+    longest_silence: float = 0.0  # seconds, the longest time without any answer
 
     @property
     def ok(self) -> int:
@@ -37,14 +39,20 @@ class LoadResult:
 
 
 @contextmanager
-def constant_load(url: str, path: str, connections: int = 16) -> Iterator[LoadResult]:
-    """Keep `connections` keep-alive connections busy on `url + path` until the block ends."""
+def constant_load(
+    url: str, path: str, connections: int = 16, keep_alive: bool = True
+) -> Iterator[LoadResult]:
+    """Keep `connections` connections busy on `url + path` until the block ends: keep-alive
+    connections, or with `keep_alive=False` a new connection for every request."""
     parts = urlsplit(url)
     result = LoadResult()
     stop = threading.Event()
-    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    close = "" if keep_alive else "Connection: close\r\n"
+    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{close}\r\n".encode()
+    last_answer = time.monotonic()
 
     async def one_connection() -> None:
+        nonlocal last_answer
         deadline = time.monotonic() + HARD_LIMIT
         reader = writer = None
         while not stop.is_set() and time.monotonic() < deadline:
@@ -57,17 +65,22 @@ def constant_load(url: str, path: str, connections: int = 16) -> Iterator[LoadRe
                     await asyncio.sleep(0.05)
                     continue
             assert reader is not None
+            sent_at = time.monotonic()
             try:
                 writer.write(request)
-                status, keep_alive = await asyncio.wait_for(
+                status, open_after = await asyncio.wait_for(
                     _read_response(reader), timeout=ANSWER_WITHIN
                 )
                 result.answered[status] += 1
+                now = time.monotonic()
+                result.longest_silence = max(result.longest_silence, now - last_answer)
+                last_answer = now
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
                 result.lost += 1
+                result.lost_sent_at.append(sent_at)
                 result.errors[type(error).__name__] += 1
-                keep_alive = False
-            if not keep_alive:
+                open_after = False
+            if not open_after:
                 writer.close()
                 reader = writer = None
         if writer is not None:

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,21 +103,30 @@ def test_sigkill_loses_only_the_killed_workers_in_flight_requests(
     assert load.lost <= CONNECTIONS, load
 
 
-def test_sighup_reload_under_load_loses_nothing(project: Project, faults: Faults) -> None:
+def test_sighup_reload_under_load_loses_nothing_and_old_workers_serve_until_new_ones_do(
+    project: Project, faults: Faults, summary: Callable[[str], None]
+) -> None:
     with (
         faults.serve(project, GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
         constant_load(server.url, "/health/live", CONNECTIONS) as load,
     ):
         answered_more(load, 100)
         before = server.workers()
-        server.signal(signal.SIGHUP)
+        with faults.new_workers_held():
+            server.signal(signal.SIGHUP)
+            wait_for(server.workers, lambda pids: len(pids - before) == 2, "two new workers")
+            # The new workers cannot serve yet: the old ones must still be answering.
+            answered_more(load, 100)
+            old_still_there = server.workers() >= before
         wait_for(
             server.workers,
             lambda pids: len(pids) == 2 and not pids & before,
-            "two new workers, and the old ones gone",
+            "the old workers gone once the new ones serve",
         )
         answered_more(load, 100)
 
+    summary(f"SIGHUP under load: longest time without an answer {load.longest_silence:.2f} s")
+    assert old_still_there
     assert (load.lost, load.refused) == (0, 0), load
 
 
@@ -183,6 +192,29 @@ def test_sigterm_lets_in_flight_requests_finish(project: Project, faults: Faults
     assert exit_code == 0
     # Past graceful_timeout the master kills what is left: the workers finished first.
     assert took < graceful_timeout(project), "the master outlived graceful_timeout"
+
+
+@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "new-connections"])
+def test_sigterm_under_load_answers_every_request_sent_before_it(
+    project: Project, faults: Faults, keep_alive: bool, summary: Callable[[str], None]
+) -> None:
+    with (
+        faults.serve(project, GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
+        constant_load(server.url, "/health/live", CONNECTIONS, keep_alive=keep_alive) as load,
+    ):
+        answered_more(load, 200)
+        server.signal(signal.SIGTERM)
+        signalled_at = time.monotonic()
+        exit_code = server.process.wait(timeout=120)
+
+    lost_before = [sent for sent in load.lost_sent_at if sent < signalled_at]
+    summary(
+        f"SIGTERM under load ({'keep-alive' if keep_alive else 'new connections'}): "
+        f"{len(lost_before)} lost of those sent before it, {load.lost} lost in all, "
+        f"{load.refused} connections refused"
+    )
+    assert exit_code == 0
+    assert lost_before == [], load
 
 
 def block_a_worker(url: str) -> None:

@@ -26,7 +26,7 @@ from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, check
 from {{ cookiecutter.project_slug }}.logs import logging_config
 from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.settings import get_settings
-from {{ cookiecutter.project_slug }}.worker import serving_marker
+from {{ cookiecutter.project_slug }}.worker import replaced_workers, serving_marker
 
 settings = get_settings()  # exits with one readable line if the configuration is wrong
 cpus = effective_cpu_count()
@@ -116,6 +116,14 @@ def on_starting(server: Arbiter) -> None:
     """Start counting from zero: samples left by an earlier run would be summed in."""
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
+
+
+def on_reload(server: Arbiter) -> None:
+    """The workers running now are about to be replaced: each stays until the new ones
+    serve (worker.py), so that a reload never leaves the service without a worker."""
+    replaced = replaced_workers(str(metrics_dir))
+    replaced.parent.mkdir(parents=True, exist_ok=True)
+    replaced.write_text(" ".join(map(str, server.WORKERS)))
 
 
 def pre_fork(server: Arbiter, worker: Worker) -> None:

@@ -12,16 +12,28 @@ needs about a second to import the app. Workers under even load reach `max_reque
 together, so stock recycling can leave no worker serving (p99 of seconds in
 docs/performance.md). Here a worker past its limit leaves only while every other worker
 serves (`Turns`), and goes on serving until then.
+
+On a reload (SIGHUP), Gunicorn starts the new workers and at once tells the old ones to
+stop, while the new ones are still importing the app: for a second or more nothing
+serves. Here a worker being replaced (listed by the master's `on_reload`) stays until as
+many new workers serve, then leaves; a second SIGTERM makes it leave at once.
+
+Connections the kernel accepted but no worker took yet wait in the listen backlog, and are
+reset when the last worker closes the socket. A worker that stops takes those first.
 """
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
+import signal
+import socket
 import sys
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from types import FrameType
 from typing import Any, ClassVar
 
 from gunicorn.arbiter import Arbiter
@@ -230,6 +242,11 @@ def serving_marker(metrics_dir: str, pid: int) -> Path:
     return Path(metrics_dir) / "serving" / f"{pid}.serving"
 
 
+def replaced_workers(metrics_dir: str) -> Path:
+    """The file that lists, during a reload, the workers being replaced (gunicorn.conf.py)."""
+    return Path(metrics_dir) / "serving" / "replaced"
+
+
 class Turns:
     """Which workers serve: one empty file each, in a directory the master wipes at start
     and clears of dead workers (gunicorn.conf.py). A worker may leave while every other one
@@ -239,6 +256,19 @@ class Turns:
         self.mine = serving_marker(metrics_dir, os.getpid())
         self.directory = self.mine.parent
         self.workers = workers
+        self.replaced = replaced_workers(metrics_dir)
+
+    def being_replaced(self) -> bool:
+        try:
+            return str(os.getpid()) in self.replaced.read_text().split()
+        except FileNotFoundError:
+            return False
+
+    def successors_serve(self) -> bool:
+        """Whether as many workers serve as there should be, none of them being replaced."""
+        replaced = set(self.replaced.read_text().split())
+        serving = [path.stem for path in self.directory.glob("*.serving")]
+        return sum(1 for pid in serving if pid not in replaced) >= self.workers
 
     def serving(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -263,11 +293,20 @@ class RecyclingServer(Server):
         self.recycle_after = recycle_after
         self.turns = turns
         self.waiting = False
+        self.leaving_for_successors = False
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         if self.started and self.turns is not None:
             self.turns.serving()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        replacing = sig == signal.SIGTERM and not self.leaving_for_successors
+        if replacing and self.turns is not None and self.turns.being_replaced():
+            self.leaving_for_successors = True  # on_tick leaves once the successors serve
+            logger.info("being replaced; leaving once the new workers serve")
+            return
+        super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):
@@ -277,6 +316,9 @@ class RecyclingServer(Server):
             for connection in list(self.server_state.connections):
                 if isinstance(connection, ServingProtocol):
                     connection.enforce_deadlines(now)
+        if self.leaving_for_successors and self.turns and self.turns.successors_serve():
+            logger.info("the new workers serve; leaving")
+            return True
         if self.server_state.total_requests < self.recycle_after:
             return False
         if self.turns is None or self.turns.may_leave():
@@ -286,6 +328,28 @@ class RecyclingServer(Server):
             self.waiting = True
             logger.info("past max_requests; recycling once every other worker serves")
         return False
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.take_waiting_connections(sockets or [])
+        await super().shutdown(sockets)
+
+    async def take_waiting_connections(self, listeners: list[socket.socket]) -> None:
+        """Accept what waits in the listen backlog, to be answered (with `Connection:
+        close`) like the connections already open."""
+        loop = asyncio.get_running_loop()
+        protocol = functools.partial(
+            ServingProtocol,  # the worker's (CONFIG_KWARGS)
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        for listener in listeners:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                await loop.connect_accepted_socket(protocol, connection)
 
 
 class Worker(UvicornWorker):
