@@ -29,6 +29,8 @@ class LoadResult:
     lost: int = 0  # sent, and the connection failed before the whole answer came back
     refused: int = 0  # no connection could be opened
     errors: Counter[str] = field(default_factory=Counter)
+    opened: int = 0  # connections opened: more than asked for means the server closed some
+    retry_after: Counter[int] = field(default_factory=Counter)  # status -> with Retry-After
 
     @property
     def ok(self) -> int:
@@ -51,6 +53,7 @@ def constant_load(url: str, path: str, connections: int = 16) -> Iterator[LoadRe
             if writer is None:
                 try:
                     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+                    result.opened += 1
                 except OSError as error:
                     result.refused += 1
                     result.errors[type(error).__name__] += 1
@@ -59,10 +62,12 @@ def constant_load(url: str, path: str, connections: int = 16) -> Iterator[LoadRe
             assert reader is not None
             try:
                 writer.write(request)
-                status, keep_alive = await asyncio.wait_for(
+                status, headers = await asyncio.wait_for(
                     _read_response(reader), timeout=ANSWER_WITHIN
                 )
                 result.answered[status] += 1
+                result.retry_after[status] += "retry-after" in headers
+                keep_alive = headers.get("connection", "").lower() != "close"
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
                 result.lost += 1
                 result.errors[type(error).__name__] += 1
@@ -86,7 +91,7 @@ def constant_load(url: str, path: str, connections: int = 16) -> Iterator[LoadRe
             running.result(timeout=ANSWER_WITHIN + 30)
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     status = int(status_line.split()[1])
@@ -95,4 +100,4 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
         for name, _, value in (line.partition(":") for line in header_lines if line)
     )
     await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers.get("connection", "").lower() != "close"
+    return status, headers

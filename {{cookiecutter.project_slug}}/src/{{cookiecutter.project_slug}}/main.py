@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exception_handlers={
             RequestValidationError: errors.validation_failed,
 {%- if cookiecutter.database != "none" %}
-            **dict.fromkeys(errors.DATABASE_UNAVAILABLE, errors.database_unavailable),
+            **dict.fromkeys(errors.DATABASE_ERRORS, errors.database_unavailable),
 {%- endif %}
         },
         max_body_size=settings.max_body_size,
