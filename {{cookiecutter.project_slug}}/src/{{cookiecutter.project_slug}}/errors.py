@@ -83,8 +83,6 @@ def is_unavailable(error: BaseException) -> bool:
         orig = cause.orig if isinstance(cause, sa.DBAPIError) else None
         cause = orig if isinstance(orig, BaseException) else cause.__cause__
     for each in causes:
-        if isinstance(each, asyncpg.DataError):  # an argument the driver could not encode
-            return False
         sqlstate = getattr(each, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES):
             return True
