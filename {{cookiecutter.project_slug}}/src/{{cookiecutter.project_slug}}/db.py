@@ -62,7 +62,7 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
             # Every query of a request has a deadline: PostgreSQL cancels it (a 503), and
             # asyncpg gives up a little later should the server not answer at all.
             deadline = settings.db_statement_timeout
-            server_settings["statement_timeout"] = str(round(deadline * 1000))  # ms
+            server_settings["statement_timeout"] = str(max(1, round(deadline * 1000)))  # ms
             connect_args["command_timeout"] = deadline + CLIENT_TIMEOUT_MARGIN
             # The worker's share of DB_MAX_CONNECTIONS, and never more.
             options |= {
