@@ -30,6 +30,7 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     Path("tests/test_rooms.py"): {"scenario": {"websocket"}},
     Path("bench/fanout.py"): {"scenario": {"websocket"}},
     PACKAGE / "db.py": {"database": {"postgresql"}},
+    Path("tests/test_database.py"): {"database": {"postgresql"}},
     Path("migrations"): {"database": {"postgresql"}},
     Path("alembic.ini"): {"database": {"postgresql"}},
     PACKAGE / "jobs": {"use_celery": {"yes"}},

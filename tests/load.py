@@ -31,6 +31,8 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     lost_sent_at: list[float] = field(default_factory=list)  # time.monotonic() of each lost request
     longest_silence: float = 0.0  # seconds, the longest time without any answer
+    opened: int = 0  # connections opened: more than asked for means the server closed some
+    retry_after: Counter[int] = field(default_factory=Counter)  # status -> with Retry-After
 
     @property
     def ok(self) -> int:
@@ -59,6 +61,7 @@ def constant_load(
             if writer is None:
                 try:
                     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+                    result.opened += 1
                 except OSError as error:
                     result.refused += 1
                     result.errors[type(error).__name__] += 1
@@ -68,10 +71,12 @@ def constant_load(
             sent_at = time.monotonic()
             try:
                 writer.write(request)
-                status, open_after = await asyncio.wait_for(
+                status, headers = await asyncio.wait_for(
                     _read_response(reader), timeout=ANSWER_WITHIN
                 )
                 result.answered[status] += 1
+                result.retry_after[status] += "retry-after" in headers
+                open_after = headers.get("connection", "").lower() != "close"
                 now = time.monotonic()
                 result.longest_silence = max(result.longest_silence, now - last_answer)
                 last_answer = now
@@ -99,7 +104,7 @@ def constant_load(
             running.result(timeout=ANSWER_WITHIN + 30)
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     status = int(status_line.split()[1])
@@ -108,4 +113,4 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
         for name, _, value in (line.partition(":") for line in header_lines if line)
     )
     await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers.get("connection", "").lower() != "close"
+    return status, headers

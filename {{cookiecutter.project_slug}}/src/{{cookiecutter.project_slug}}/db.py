@@ -1,5 +1,7 @@
 """The database: one async engine per worker process, created in the lifespan after fork."""
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +16,16 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
+from .errors import is_unavailable
 from .settings import Settings
+
+# Seconds asyncpg waits beyond statement_timeout before it gives up on the server itself
+# (one that stopped answering cannot cancel anything).
+CLIENT_TIMEOUT_MARGIN = 2
+
+logger = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -35,7 +44,8 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     """An engine whose pool suits the database in the URL.
 
     `pooled=False` is for a short run that is not a server (migrations, a job): each
-    connection is closed when it is given back.
+    connection is closed when it is given back, and no statement is cut short (a migration
+    or a job may rightly run long; Celery's time limits bound a job).
     """
     options: dict[str, Any] = {"pool_pre_ping": True}
     if not pooled:
@@ -44,8 +54,16 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         server_settings = {"application_name": __name__.partition(".")[0]}
         if settings.database_schema:
             server_settings["search_path"] = settings.database_schema
-        options["connect_args"] = {"timeout": 5, "server_settings": server_settings}
+        options["connect_args"] = connect_args = {
+            "timeout": 5,
+            "server_settings": server_settings,
+        }
         if pooled:
+            # Every query of a request has a deadline: PostgreSQL cancels it (a 503), and
+            # asyncpg gives up a little later should the server not answer at all.
+            deadline = settings.db_statement_timeout
+            server_settings["statement_timeout"] = str(max(1, round(deadline * 1000)))  # ms
+            connect_args["command_timeout"] = deadline + CLIENT_TIMEOUT_MARGIN
             # The worker's share of DB_MAX_CONNECTIONS, and never more.
             options |= {
                 "pool_size": settings.connections_per_worker,
@@ -83,14 +101,44 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 async def ping(engine: AsyncEngine) -> None:
+    """Readiness: the database answers, or the pool's every connection is in use.
+
+    A pool that is all checked out is busy, not down: each of its connections is in a query
+    that has a deadline, so it comes back soon, and were the database gone, those queries
+    would fail, their connections come back, and the next ping fail. Waiting here for a
+    connection instead would take a busy but healthy instance out of its load balancer.
+    """
+    pool = engine.pool
+    if isinstance(pool, QueuePool) and pool.checkedin() == 0 and pool.checkedout() >= pool.size():
+        return
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
-    async with sessions() as session:
+    session = sessions()
+    try:
         yield session
+    finally:
+        await _close(session)
+
+
+async def _close(session: AsyncSession) -> None:
+    """Give the session's connection back, and never fail doing so.
+
+    FastAPI closes the session after the answer was sent, or, when the route raised, before
+    that error is answered. Raising here could then only drop the client's keep-alive
+    connection after its answer, or stand in for the route's own error: a rollback on a
+    connection the database dropped fails exactly so.
+    """
+    try:
+        await asyncio.shield(session.close())
+    except Exception as error:  # logged, never raised: see above
+        if is_unavailable(error):
+            logger.warning("closing a database session failed: %r", error)
+        else:
+            logger.exception("closing a database session failed")
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

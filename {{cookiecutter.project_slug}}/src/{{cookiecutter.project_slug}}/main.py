@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             RequestValidationError: errors.validation_failed,
             status.HTTP_405_METHOD_NOT_ALLOWED: errors.method_not_allowed,
 {%- if cookiecutter.database != "none" %}
-            **dict.fromkeys(errors.DATABASE_UNAVAILABLE, errors.database_unavailable),
+            **dict.fromkeys(errors.DATABASE_ERRORS, errors.database_unavailable),
 {%- endif %}
         },
         max_body_size=settings.max_body_size,

@@ -77,6 +77,7 @@ class Profile(BaseModel):
     thread_pool_size: PositiveInt
 {%- if cookiecutter.database != "none" %}
     db_max_connections: PositiveInt
+    db_statement_timeout: PositiveInt
 {%- endif %}
 {%- if cookiecutter.use_celery == "yes" %}
     celery: CeleryProfile

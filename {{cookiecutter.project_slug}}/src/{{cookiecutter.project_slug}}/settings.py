@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     db_max_connections: int = Field(default=PROFILE.db_max_connections, ge=1)
     # Set by gunicorn.conf.py for its workers, so each knows its share of the budget.
     service_workers: int = Field(default=1, ge=1)
+    # Seconds a query may take on PostgreSQL (statement_timeout) before the request gets a 503.
+    db_statement_timeout: float = Field(default=PROFILE.db_statement_timeout, gt=0)
 {%- endif %}
 {%- if cookiecutter.scenario == "ml_inference" %}
     # The model file `make model` writes; its metadata is beside it, with a .json suffix.

@@ -1,0 +1,64 @@
+"""Which database errors mean "unavailable, try again" (a 503), and which keep their own
+answer: the errors are built as SQLAlchemy raises them from asyncpg."""
+
+import sqlite3
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy import exc as sa
+from sqlalchemy.dialects.postgresql.asyncpg import (
+    AsyncAdapt_asyncpg_connection,
+    AsyncAdapt_asyncpg_dbapi,
+)
+
+from {{ cookiecutter.project_slug }}.errors import is_unavailable
+
+DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
+
+
+def raised(error: Exception, *, connection_invalidated: bool = False) -> Exception:
+    """`error`, from asyncpg, as SQLAlchemy raises it: translated by the dialect, wrapped."""
+    try:
+        AsyncAdapt_asyncpg_connection._handle_exception_no_connection(DBAPI, error)
+    except DBAPI.Error as translated:
+        return sa.DBAPIError.instance(
+            "SELECT 1", None, translated, DBAPI.Error, connection_invalidated=connection_invalidated
+        )
+    raise AssertionError(f"the dialect did not translate {error!r}")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError(),
+        sa.TimeoutError("QueuePool limit of size 5 overflow 0 reached"),
+        raised(asyncpg.CannotConnectNowError("the database system is starting up")),
+        raised(asyncpg.CannotConnectNowError("the database system is in recovery mode")),
+        raised(asyncpg.AdminShutdownError("terminating connection due to administrator command")),
+        raised(asyncpg.CrashShutdownError("terminating connection due to crash of another")),
+        raised(asyncpg.ConnectionDoesNotExistError("connection was closed mid-operation")),
+        raised(asyncpg.TooManyConnectionsError("sorry, too many clients already")),
+        raised(asyncpg.QueryCanceledError("canceling statement due to statement timeout")),
+        raised(asyncpg.InternalClientError("cannot switch to state 15")),
+        raised(asyncpg.InterfaceError("connection is closed")),
+        raised(asyncpg.DivisionByZeroError("division by zero"), connection_invalidated=True),
+        sa.OperationalError("SELECT 1", None, sqlite3.OperationalError("database is locked")),
+    ],
+)
+def test_the_database_failing_is_unavailable(error: Exception) -> None:
+    assert is_unavailable(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        raised(asyncpg.UniqueViolationError("duplicate key value violates unique constraint")),
+        raised(asyncpg.UndefinedTableError('relation "items" does not exist')),
+        raised(asyncpg.DivisionByZeroError("division by zero")),
+        raised(asyncpg.DataError("invalid input for query argument $1")),
+        ValueError("not the database"),
+    ],
+)
+def test_an_error_of_the_request_or_the_code_is_not(error: Exception) -> None:
+    assert not is_unavailable(error)
