@@ -29,7 +29,6 @@ class LoadResult:
     lost: int = 0  # sent, and the connection failed before the whole answer came back
     refused: int = 0  # no connection could be opened
     errors: Counter[str] = field(default_factory=Counter)
-    lost_sent_at: list[float] = field(default_factory=list)  # time.monotonic() of each lost request
     longest_silence: float = 0.0  # seconds, the longest time without any answer
     opened: int = 0  # connections opened: more than asked for means the server closed some
     retry_after: Counter[int] = field(default_factory=Counter)  # status -> with Retry-After
@@ -68,7 +67,6 @@ def constant_load(
                     await asyncio.sleep(0.05)
                     continue
             assert reader is not None
-            sent_at = time.monotonic()
             try:
                 writer.write(request)
                 status, headers = await asyncio.wait_for(
@@ -82,7 +80,6 @@ def constant_load(
                 last_answer = now
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
                 result.lost += 1
-                result.lost_sent_at.append(sent_at)
                 result.errors[type(error).__name__] += 1
                 open_after = False
             if not open_after:

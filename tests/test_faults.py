@@ -195,26 +195,25 @@ def test_sigterm_lets_in_flight_requests_finish(project: Project, faults: Faults
 
 
 @pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "new-connections"])
-def test_sigterm_under_load_answers_every_request_sent_before_it(
+def test_sigterm_under_load_answers_every_request_it_accepted_and_refuses_the_rest(
     project: Project, faults: Faults, keep_alive: bool, summary: Callable[[str], None]
 ) -> None:
+    """Connections still in the listen backlog as the last worker closes the socket are
+    reset, their requests sent and lost: the workers take them before they close."""
     with (
         faults.serve(project, GUNICORN_CMD_ARGS=NO_RECYCLING) as server,
         constant_load(server.url, "/health/live", CONNECTIONS, keep_alive=keep_alive) as load,
     ):
         answered_more(load, 200)
         server.signal(signal.SIGTERM)
-        signalled_at = time.monotonic()
         exit_code = server.process.wait(timeout=120)
 
-    lost_before = [sent for sent in load.lost_sent_at if sent < signalled_at]
     summary(
         f"SIGTERM under load ({'keep-alive' if keep_alive else 'new connections'}): "
-        f"{len(lost_before)} lost of those sent before it, {load.lost} lost in all, "
-        f"{load.refused} connections refused"
+        f"{load.lost} requests lost, {load.refused} connections refused after the stop"
     )
     assert exit_code == 0
-    assert lost_before == [], load
+    assert load.lost == 0, load
 
 
 def block_a_worker(url: str) -> None:
