@@ -9,7 +9,7 @@ import math
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, {% if cookiecutter.scenario in ["ml_inference", "websocket"] %}PositiveFloat, {% endif %}PositiveInt
+from pydantic import BaseModel, ConfigDict, {% if cookiecutter.use_celery == "yes" or cookiecutter.scenario in ["ml_inference", "websocket"] %}PositiveFloat, {% endif %}PositiveInt
 
 {% if cookiecutter.use_celery == "yes" %}
 class CeleryProfile(BaseModel):
@@ -24,6 +24,8 @@ class CeleryProfile(BaseModel):
     time_limit: PositiveInt
     visibility_timeout: PositiveInt
     max_attempts: PositiveInt
+    stale_after: PositiveInt
+    publish_timeout: PositiveFloat
     max_tasks_per_child: PositiveInt
     max_memory_per_child_kib: PositiveInt
     max_upload_size: PositiveInt
