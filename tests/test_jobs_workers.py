@@ -309,7 +309,11 @@ def test_a_hung_broker_gets_a_quick_503_with_retry_after_and_leaves_no_job(
     project: Project, postgres_url: str
 ) -> None:
     port = free_port()
-    env = {**project.database(postgres_url), "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
+    env = {
+        **project.database(postgres_url),
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        "JOB_PUBLISH_TIMEOUT": "1",
+    }
     data, _ = csv_file(rows=100, seed=1)
 
     with private_redis(port) as redis, project.serve(workers=2, **env) as server:
@@ -330,5 +334,6 @@ def test_a_hung_broker_gets_a_quick_503_with_retry_after_and_leaves_no_job(
     SUMMARY.append(f"POST /jobs with a hung broker: 503 after {max(seconds):.1f} s")
     assert [answer.status_code for answer in answers] == [503, 503]
     assert all(answer.headers["retry-after"] == "5" for answer in answers)
-    assert max(seconds) < 10
+    # JOB_PUBLISH_TIMEOUT, and room for a busy machine: not the broker's socket timeouts.
+    assert max(seconds) < 4
     assert statuses == {"queued": 1}  # the one the broker took; none of the refused ones
