@@ -23,7 +23,7 @@ from {{ cookiecutter.project_slug }}.jobs import csvstats, service
 from {{ cookiecutter.project_slug }}.jobs.broker import AGGREGATE_CSV
 from {{ cookiecutter.project_slug }}.jobs.models import Job, JobStatus
 from {{ cookiecutter.project_slug }}.main import create_app
-from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -231,6 +231,23 @@ def test_a_lost_job_is_queued_again_until_its_attempts_are_spent() -> None:
     assert service.verdict(JobStatus.QUEUED, attempts=2, max_attempts=3) == (
         "gave up after 3 attempts: its queued message was lost each time"
     )
+
+
+def test_a_stale_bound_within_the_time_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job still running within its time limit would be queued again beside its live run.
+    for name, seconds in {
+        "CELERY_SOFT_TIME_LIMIT": 50,
+        "CELERY_TIME_LIMIT": 60,
+        "JOB_STALE_AFTER": 60,
+    }.items():
+        monkeypatch.setenv(name, str(seconds))
+    get_settings.cache_clear()
+
+    with pytest.raises(SystemExit) as refusal:
+        get_settings()
+
+    get_settings.cache_clear()
+    assert "JOB_STALE_AFTER must exceed CELERY_TIME_LIMIT" in str(refusal.value)
 
 
 @pytest.mark.usefixtures("client")  # the app's lifespan, which opens its sessions
