@@ -12,7 +12,7 @@ import signal
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from .baked import Project, Server, free_port
-from .conftest import SUMMARY
 from .test_websocket import private_redis
 from .waiting import PATIENCE, wait_for
 
@@ -259,7 +258,7 @@ def test_a_failing_job_and_a_job_past_its_time_limit_are_recorded_and_the_worker
 
 
 def test_jobs_whose_messages_a_restarted_broker_lost_are_queued_again_and_finish(
-    project: Project, postgres_url: str
+    project: Project, postgres_url: str, summary: Callable[[str], None]
 ) -> None:
     port = free_port()
     env = {
@@ -277,12 +276,12 @@ def test_jobs_whose_messages_a_restarted_broker_lost_are_queued_again_and_finish
             jobs, waited = finished_within_the_bound(urls, since=time.monotonic())
         counted = swept(server)
 
-    SUMMARY.append(f"jobs lost with the broker's data: all {len(jobs)} done {waited:.0f} s later")
+    summary(f"jobs lost with the broker's data: all {len(jobs)} done {waited:.0f} s later")
     assert_each_queued_again_once(jobs, files, counted)  # and run once
 
 
 def test_jobs_of_a_killed_celery_worker_are_queued_again_before_the_visibility_timeout(
-    project: Project, postgres_url: str, redis_url: str
+    project: Project, postgres_url: str, redis_url: str, summary: Callable[[str], None]
 ) -> None:
     env = {**project.database(postgres_url), "CELERY_BROKER_URL": redis_url, **SWEEPING}
     files = [csv_file(rows=1000, seed=n) for n in range(2)]
@@ -301,12 +300,12 @@ def test_jobs_of_a_killed_celery_worker_are_queued_again_before_the_visibility_t
             jobs, waited = finished_within_the_bound(urls, since=killed)
         counted = swept(server)
 
-    SUMMARY.append(f"jobs of a SIGKILLed Celery worker: all {len(jobs)} done {waited:.0f} s later")
+    summary(f"jobs of a SIGKILLed Celery worker: all {len(jobs)} done {waited:.0f} s later")
     assert_each_queued_again_once(jobs, files, counted)  # after the killed run
 
 
 def test_a_hung_broker_gets_a_quick_503_with_retry_after_and_leaves_no_job(
-    project: Project, postgres_url: str
+    project: Project, postgres_url: str, summary: Callable[[str], None]
 ) -> None:
     port = free_port()
     env = {
@@ -331,7 +330,7 @@ def test_a_hung_broker_gets_a_quick_503_with_retry_after_and_leaves_no_job(
             redis.send_signal(signal.SIGCONT)
         statuses = job_statuses(env)
 
-    SUMMARY.append(f"POST /jobs with a hung broker: 503 after {max(seconds):.1f} s")
+    summary(f"POST /jobs with a hung broker: 503 after {max(seconds):.1f} s")
     assert [answer.status_code for answer in answers] == [503, 503]
     assert all(answer.headers["retry-after"] == "5" for answer in answers)
     # JOB_PUBLISH_TIMEOUT, and room for a busy machine: not the broker's socket timeouts.
