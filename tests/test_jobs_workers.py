@@ -1,14 +1,18 @@
 """The batch scenario with real Celery workers: jobs submitted over HTTP to Gunicorn finish
-correctly on Redis, RabbitMQ and the embedded SQLite broker, and a worker killed in the
-middle of a job loses nothing on the real brokers."""
+correctly on Redis, RabbitMQ and the embedded SQLite broker, a worker killed in the middle
+of a job loses nothing on the real brokers, jobs whose message or worker was lost are
+swept back onto the queue, and a hung broker gets a quick 503."""
 
 import asyncio
 import functools
+import os
 import random
+import re
+import signal
 import statistics
 import time
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,8 +20,9 @@ import asyncpg
 import httpx
 import pytest
 
-from .baked import Project, Server
-from .waiting import wait_for
+from .baked import Project, Server, free_port
+from .test_websocket import private_redis
+from .waiting import PATIENCE, wait_for
 
 pytestmark = pytest.mark.parametrize("project", ["batch"], indirect=True)
 
@@ -35,6 +40,13 @@ LIMITS = {
     # as the settings insist, and no longer, since the kill test waits for it.
     "CELERY_VISIBILITY_TIMEOUT": "15",
 }
+# The sweeper's tests: a job whose message or worker was lost is back within JOB_STALE_AFTER
+# (above the time limit, as the settings insist), long before Redis would give it back.
+STALE_AFTER = 15
+SWEEPING = {**LIMITS, "CELERY_VISIBILITY_TIMEOUT": "1800", "JOB_STALE_AFTER": str(STALE_AFTER)}
+# A job lost at the start of a sweep interval is swept within STALE_AFTER plus that interval;
+# the rest is for running it on a busy machine.
+SWEPT_WITHIN = STALE_AFTER + 45
 
 
 @functools.cache
@@ -67,14 +79,63 @@ def submit(server: Server, data: bytes) -> str:
     return status_url
 
 
-def job_once(status_url: str, statuses: tuple[str, ...]) -> dict[str, Any]:
+def job_once(
+    status_url: str, statuses: tuple[str, ...], within: float = PATIENCE
+) -> dict[str, Any]:
     """The job, once its status is one of `statuses`."""
     job: dict[str, Any] = wait_for(
         lambda: httpx.get(status_url, timeout=30).json(),
         lambda job: job["status"] in statuses,
         f"the job at {status_url} to be {' or '.join(statuses)}",
+        within,
     )
     return job
+
+
+def swept(server: Server) -> dict[str, float]:
+    """jobs_swept_total by outcome, summed over the API's workers."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    found = re.findall(r'^jobs_swept_total\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {outcome: float(value) for outcome, value in found}
+
+
+def finished_within_the_bound(urls: list[str], since: float) -> tuple[list[dict[str, Any]], float]:
+    """The jobs, once all finished, and the seconds that took from `since`."""
+    jobs = [job_once(url, FINISHED, within=SWEPT_WITHIN) for url in urls]
+    return jobs, time.monotonic() - since
+
+
+def assert_each_queued_again_once(
+    jobs: list[dict[str, Any]],
+    files: list[tuple[bytes, dict[str, dict[str, float]]]],
+    counted: dict[str, float],
+) -> None:
+    for job, (_, expected) in zip(jobs, files, strict=True):
+        assert_result(job, expected)
+        assert job["attempts"] == 2
+    assert counted == {"requeued": len(files), "failed": 0}
+
+
+def job_statuses(env: dict[str, str]) -> Counter[str]:
+    """How many jobs the database holds in each status."""
+    url = env["DATABASE_URL"].replace("+asyncpg", "")
+    schema = env.get("DATABASE_SCHEMA", "public")
+
+    async def read() -> Counter[str]:
+        connection = await asyncpg.connect(url, server_settings={"search_path": schema})
+        try:
+            return Counter(
+                {
+                    row["status"]: row["n"]
+                    for row in await connection.fetch(
+                        "SELECT status, count(*) AS n FROM jobs GROUP BY status"
+                    )
+                }
+            )
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
 
 
 # Recording a job's outcome takes a lock named after the jobs table's schema.
@@ -194,3 +255,84 @@ def test_a_failing_job_and_a_job_past_its_time_limit_are_recorded_and_the_worker
     assert slow["status"] == "failed"
     assert slow["error"] == "took longer than the time limit of 1 s"
     assert_result(next_job, after_expected)
+
+
+def test_jobs_whose_messages_a_restarted_broker_lost_are_queued_again_and_finish(
+    project: Project, postgres_url: str, summary: Callable[[str], None]
+) -> None:
+    port = free_port()
+    env = {
+        **project.database(postgres_url),
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        **SWEEPING,
+    }
+    files = [csv_file(rows=500, seed=n) for n in range(20)]
+
+    with project.serve(workers=2, **env) as server:
+        with private_redis(port):
+            urls = [submit(server, data) for data, _ in files]
+        # The broker comes back without its data: no message of these jobs is left anywhere.
+        with private_redis(port), project.celery_worker(CELERY_CONCURRENCY="2", **env):
+            jobs, waited = finished_within_the_bound(urls, since=time.monotonic())
+        counted = swept(server)
+
+    summary(f"jobs lost with the broker's data: all {len(jobs)} done {waited:.0f} s later")
+    assert_each_queued_again_once(jobs, files, counted)  # and run once
+
+
+def test_jobs_of_a_killed_celery_worker_are_queued_again_before_the_visibility_timeout(
+    project: Project, postgres_url: str, redis_url: str, summary: Callable[[str], None]
+) -> None:
+    env = {**project.database(postgres_url), "CELERY_BROKER_URL": redis_url, **SWEEPING}
+    files = [csv_file(rows=1000, seed=n) for n in range(2)]
+
+    with project.serve(workers=2, **env) as server:
+        with (
+            outcomes_held(env),
+            project.celery_worker(CELERY_CONCURRENCY="2", **env) as worker,
+        ):
+            urls = [submit(server, data) for data, _ in files]
+            for url in urls:
+                job_once(url, ("running",))
+            os.kill(worker.process.pid, signal.SIGKILL)  # the main process, with no warning
+            killed = time.monotonic()
+        with project.celery_worker(CELERY_CONCURRENCY="2", **env):
+            jobs, waited = finished_within_the_bound(urls, since=killed)
+        counted = swept(server)
+
+    summary(f"jobs of a SIGKILLed Celery worker: all {len(jobs)} done {waited:.0f} s later")
+    assert_each_queued_again_once(jobs, files, counted)  # after the killed run
+
+
+def test_a_hung_broker_gets_a_quick_503_with_retry_after_and_leaves_no_job(
+    project: Project, postgres_url: str, summary: Callable[[str], None]
+) -> None:
+    port = free_port()
+    env = {
+        **project.database(postgres_url),
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        "JOB_PUBLISH_TIMEOUT": "1",
+    }
+    data, _ = csv_file(rows=100, seed=1)
+
+    with private_redis(port) as redis, project.serve(workers=2, **env) as server:
+        submit(server, data)  # the broker answered once: a worker holds a connection to it
+        redis.send_signal(signal.SIGSTOP)
+        try:
+            answers, seconds = [], []
+            for _ in range(2):  # whichever worker answers, with or without a connection
+                started = time.monotonic()
+                answers.append(
+                    httpx.post(f"{server.url}/jobs", files={"file": ("d.csv", data)}, timeout=60)
+                )
+                seconds.append(time.monotonic() - started)
+        finally:
+            redis.send_signal(signal.SIGCONT)
+        statuses = job_statuses(env)
+
+    summary(f"POST /jobs with a hung broker: 503 after {max(seconds):.1f} s")
+    assert [answer.status_code for answer in answers] == [503, 503]
+    assert all(answer.headers["retry-after"] == "5" for answer in answers)
+    # JOB_PUBLISH_TIMEOUT, and room for a busy machine: not the broker's socket timeouts.
+    assert max(seconds) < 4
+    assert statuses == {"queued": 1}  # the one the broker took; none of the refused ones

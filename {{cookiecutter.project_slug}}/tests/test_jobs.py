@@ -9,18 +9,21 @@ import csv
 import statistics
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.jobs import csvstats, service
 from {{ cookiecutter.project_slug }}.jobs.broker import AGGREGATE_CSV
 from {{ cookiecutter.project_slug }}.jobs.models import Job, JobStatus
 from {{ cookiecutter.project_slug }}.main import create_app
-from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +219,77 @@ async def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(
     status = (await client.get(f"/jobs/{job_id}")).json()
     assert status["status"] == JobStatus.FAILED
     assert status["error"] == "gave up after 2 attempts: the worker running it was lost each time"
+
+
+def test_a_lost_job_is_queued_again_until_its_attempts_are_spent() -> None:
+    # Claims and re-queuings share the budget: the job must keep an attempt for its delivery.
+    assert service.verdict(JobStatus.RUNNING, attempts=2, max_attempts=3) is None
+    assert service.verdict(JobStatus.RUNNING, attempts=3, max_attempts=3) == (
+        "gave up after 3 attempts: the worker running it was lost each time"
+    )
+    assert service.verdict(JobStatus.QUEUED, attempts=1, max_attempts=3) is None
+    assert service.verdict(JobStatus.QUEUED, attempts=2, max_attempts=3) == (
+        "gave up after 3 attempts: its queued message was lost each time"
+    )
+
+
+def test_a_stale_bound_within_the_time_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job still running within its time limit would be queued again beside its live run.
+    for name, seconds in {
+        "CELERY_SOFT_TIME_LIMIT": 50,
+        "CELERY_TIME_LIMIT": 60,
+        "JOB_STALE_AFTER": 60,
+    }.items():
+        monkeypatch.setenv(name, str(seconds))
+    get_settings.cache_clear()
+
+    with pytest.raises(SystemExit) as refusal:
+        get_settings()
+
+    get_settings.cache_clear()
+    assert "JOB_STALE_AFTER must exceed CELERY_TIME_LIMIT" in str(refusal.value)
+
+
+@pytest.mark.usefixtures("client")  # the app's lifespan, which opens its sessions
+async def test_the_sweep_takes_back_lost_jobs_and_leaves_live_and_waiting_ones(
+    app: FastAPI,
+) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with app.state.sessions() as session:
+        jobs = {
+            name: (await service.create_job(session, f"{name}.csv", b"group,value\na,1\n")).id
+            for name in ("lost_message", "waiting", "lost_worker", "live", "spent")
+        }
+        await age(session, jobs["lost_message"], queued_at=long_ago)
+        await age(session, jobs["waiting"], queued_at=long_ago + timedelta(minutes=1))
+        await age(session, jobs["lost_worker"], status=JobStatus.RUNNING, started_at=long_ago)
+        await age(session, jobs["live"], status=JobStatus.RUNNING, started_at=datetime.now(UTC))
+        await age(session, jobs["spent"], status=JobStatus.RUNNING, started_at=long_ago, attempts=3)
+
+        # One message still waits on the broker: the newest queued job's.
+        swept = await service.sweep(session, stale_after=600, waiting=1, max_attempts=3)
+        # Now the two queued again wait there too.
+        again = await service.sweep(session, stale_after=600, waiting=3, max_attempts=3)
+        found = {
+            name: await session.get(Job, job_id, populate_existing=True)
+            for name, job_id in jobs.items()
+        }
+
+    assert set(swept.requeued) == {jobs["lost_message"], jobs["lost_worker"]}
+    assert swept.failed == [jobs["spent"]]
+    assert again == service.Swept()
+    now = {name: job for name, job in found.items() if job is not None}
+    assert {name: job.status for name, job in now.items()} == {
+        "lost_message": JobStatus.QUEUED,
+        "waiting": JobStatus.QUEUED,
+        "lost_worker": JobStatus.QUEUED,
+        "live": JobStatus.RUNNING,
+        "spent": JobStatus.FAILED,
+    }
+    assert now["lost_message"].attempts == 1
+    assert now["spent"].error == service.gave_up(JobStatus.RUNNING, max_attempts=3)
+
+
+async def age(session: AsyncSession, job_id: uuid.UUID, **values: Any) -> None:
+    await session.execute(update(Job).where(Job.id == job_id).values(values))
+    await session.commit()

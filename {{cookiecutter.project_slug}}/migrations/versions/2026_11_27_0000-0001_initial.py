@@ -41,10 +41,12 @@ def upgrade() -> None:
         sa.Column("error", sa.String(length=1000), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_jobs"),
     )
+    op.create_index("ix_jobs_status", "jobs", ["status", "queued_at"])
 {%- endif %}
 
 

@@ -24,6 +24,8 @@ class CeleryProfile(BaseModel):
     time_limit: PositiveInt
     visibility_timeout: PositiveInt
     max_attempts: PositiveInt
+    stale_after: PositiveInt
+    publish_timeout: PositiveFloat
     max_tasks_per_child: PositiveInt
     max_memory_per_child_kib: PositiveInt
     max_upload_size: PositiveInt

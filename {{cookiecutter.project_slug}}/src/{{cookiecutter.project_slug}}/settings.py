@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     celery_soft_time_limit: int = Field(default=PROFILE.celery.soft_time_limit, ge=1)
     celery_time_limit: int = Field(default=PROFILE.celery.time_limit, ge=1)
     celery_visibility_timeout: int = Field(default=PROFILE.celery.visibility_timeout, ge=1)
+    # Seconds before a queued or running job whose message or worker was lost is queued again.
+    job_stale_after: int = Field(default=PROFILE.celery.stale_after, ge=1)
+    # Seconds POST /jobs waits for the broker before it answers 503.
+    job_publish_timeout: float = Field(default=PROFILE.celery.publish_timeout, gt=0)
     # The largest CSV upload POST /jobs accepts, in bytes.
     max_upload_size: int = Field(default=PROFILE.celery.max_upload_size, ge=1)
 {%- endif %}
@@ -143,6 +147,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CELERY_VISIBILITY_TIMEOUT must exceed CELERY_TIME_LIMIT, "
                 "or a job still running would be handed to a second worker"
+            )
+        if not self.celery_time_limit < self.job_stale_after:
+            raise ValueError(
+                "JOB_STALE_AFTER must exceed CELERY_TIME_LIMIT, "
+                "or a job still running would be queued again"
             )
         return self
 {% endif %}

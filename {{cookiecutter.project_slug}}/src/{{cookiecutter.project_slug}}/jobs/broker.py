@@ -6,9 +6,11 @@ from the profile's `[celery]` table and the settings.
 
 import logging
 import uuid
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
+from kombu.exceptions import ChannelError
 
 from ..cpu import effective_cpu_count
 from ..profile import PROFILE
@@ -19,16 +21,26 @@ AGGREGATE_CSV = "jobs.aggregate_csv"
 logger = logging.getLogger(__name__)
 
 
-def create_celery(settings: Settings) -> Celery:
+# Seconds a worker waits on the broker before it calls the connection lost and reconnects.
+WORKER_BROKER_TIMEOUT = 5
+# Tries at one publish: a second one on a fresh connection, in case the pooled one had
+# gone stale (a broker that restarted).
+PUBLISH_TRIES = 2
+
+
+def create_celery(settings: Settings, *, worker: bool = False) -> Celery:
+    """The Celery app of the API (it publishes jobs), or, with `worker`, of a Celery worker."""
     celery = Celery(__package__)
     heavy = PROFILE.celery.queue
+    # A request waits for the broker at most JOB_PUBLISH_TIMEOUT in all, then gets a 503: a
+    # hung broker (one that accepts connections and never answers) must not hold it longer.
+    wait = WORKER_BROKER_TIMEOUT if worker else settings.job_publish_timeout / PUBLISH_TRIES
     celery.conf.update(
         broker_url=settings.celery_broker_url,
         broker_connection_retry_on_startup=True,
-        broker_connection_timeout=5,
-        broker_transport_options=_transport_options(settings),
-        # A publish to a broker that is down fails within about a second, as a 503.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3},
+        broker_connection_timeout=wait,
+        broker_transport_options=_transport_options(settings, wait),
+        task_publish_retry_policy={"max_retries": PUBLISH_TRIES - 1, "interval_start": 0},
         # JSON only: a message can never carry a pickle to execute.
         task_serializer="json",
         result_serializer="json",
@@ -55,7 +67,7 @@ def create_celery(settings: Settings) -> Celery:
     return celery
 
 
-def _transport_options(settings: Settings) -> dict[str, int | str]:
+def _transport_options(settings: Settings, wait: float) -> dict[str, float | str]:
     if not settings.celery_broker_url.startswith(("redis://", "rediss://")):
         # RabbitMQ gives a lost worker's jobs back as soon as its connection drops. (The
         # embedded broker would hand these options to SQLAlchemy, which refuses them.)
@@ -67,8 +79,8 @@ def _transport_options(settings: Settings) -> dict[str, int | str]:
         "unacked_restore_interval": max(1, settings.celery_visibility_timeout // 10),
         "unacked_restore_throttle": 1,
         # A broker that vanished without closing the connection fails a publish, not hangs it.
-        "socket_timeout": 5,
-        "socket_connect_timeout": 5,
+        "socket_timeout": wait,
+        "socket_connect_timeout": wait,
         # Queues, bindings and channels under the service's own prefix on a shared Redis.
         "global_keyprefix": settings.redis_key_prefix,
     }
@@ -77,6 +89,19 @@ def _transport_options(settings: Settings) -> dict[str, int | str]:
 def enqueue(celery: Celery, job_id: uuid.UUID) -> None:
     """Put the job on the broker; raises kombu's OperationalError if it cannot be reached."""
     celery.send_task(AGGREGATE_CSV, args=[str(job_id)])
+
+
+def waiting(celery: Celery) -> int:
+    """How many jobs wait on the broker, not yet taken by a worker."""
+    with celery.connection_for_write() as connection:
+        no_such_queue: tuple[type[BaseException], ...] = (ChannelError, *connection.channel_errors)
+        # Every transport's channel has queue_declare; kombu's stubs know the AMQP one alone.
+        channel: Any = connection.default_channel
+        try:
+            declared = channel.queue_declare(PROFILE.celery.queue, passive=True)
+        except no_such_queue:
+            return 0  # not declared yet, or gone with the broker's data: nothing waits
+        return int(declared.message_count)
 
 
 def ping(celery: Celery) -> None:

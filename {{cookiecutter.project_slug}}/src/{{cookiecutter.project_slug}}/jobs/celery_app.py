@@ -26,7 +26,7 @@ from .broker import AGGREGATE_CSV, create_celery, warn_if_not_durable
 T = TypeVar("T")
 
 settings = get_settings()  # exits with one readable line if the configuration is wrong
-app = create_celery(settings)
+app = create_celery(settings, worker=True)
 logger = logging.getLogger(__name__)
 
 

@@ -12,8 +12,9 @@ from ..errors import documented
 from . import broker, csvstats, service
 from .models import FILENAME_MAX_LENGTH
 from .schemas import JobAccepted, JobOut
+from .sweeper import sweeping
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(503))
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(503), lifespan=sweeping)
 
 CsvFile = Annotated[
     UploadFile,
