@@ -112,13 +112,44 @@ def test_readiness_fails_fast_naming_the_database_and_recovers(
     assert after.status_code == 200
 
 
-def test_production_refuses_the_default_secret_under_gunicorn(project: Project) -> None:
-    result = project.run("gunicorn", "--config", "gunicorn.conf.py", ENVIRONMENT="production")
+SECRET = "a-real-secret-from-the-vault-of-32-characters-or-more"
+
+
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [
+        ({}, "SECRET_KEY must be set to a secret of your own in production, at least 32 characters"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY must be set to a secret of your own in production"),
+        ({"SECRET_KEY": SECRET}, "ALLOWED_HOSTS must name the host names this service answers to"),
+    ],
+    ids=["no-secret", "short-secret", "any-host"],
+)
+def test_production_refuses_a_weak_secret_and_any_host_under_gunicorn(
+    project: Project, env: dict[str, str], refusal: str
+) -> None:
+    result = project.run(
+        "gunicorn", "--config", "gunicorn.conf.py", ENVIRONMENT="production", **env
+    )
 
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == (
-        "invalid configuration: SECRET_KEY must be set to a secret of your own in production"
-    )
+    assert result.stderr.strip().splitlines()[-1].startswith(f"invalid configuration: {refusal}")
+
+
+@pytest.mark.parametrize("project", ["public_api"], indirect=True)
+def test_production_builds_no_url_from_a_host_it_does_not_serve(project: Project) -> None:
+    production = {"ENVIRONMENT": "production", "SECRET_KEY": SECRET, "ALLOWED_HOSTS": "127.0.0.1"}
+    with project.serve(workers=1, **production, **project.database(None)) as server:
+        evil = {"host": "evil.example"}
+        redirect = httpx.get(f"{server.url}/items/", headers=evil)
+        health_redirect = httpx.get(f"{server.url}/health/live/", headers=evil)
+        probe = httpx.get(f"{server.url}/health/live", headers=evil)
+        own = httpx.get(f"{server.url}/items/")
+
+    assert (redirect.status_code, health_redirect.status_code) == (400, 400)
+    assert "evil.example" not in redirect.text + health_redirect.text
+    assert probe.status_code == 200, "probes address a pod by its IP"
+    assert own.status_code == 307
+    assert own.headers["location"] == f"{server.url}/items"
 
 
 @pytest.mark.parametrize("project", ["public_api"], indirect=True)

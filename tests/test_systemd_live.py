@@ -142,6 +142,7 @@ def host(
     settings = {
         "ENVIRONMENT": "production",
         "SECRET_KEY": uuid.uuid4().hex,
+        "ALLOWED_HOSTS": "127.0.0.1",
         **project.database(postgres_url),
         # Redis keys of its own: no other worker takes these jobs, not even the sandbox's
         # of another run on this machine. (Under the prefix of the run's own keys where

@@ -11,6 +11,11 @@ import pytest
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 PROJECT_ROOT = Path(__file__).parent.parent
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "SECRET_KEY": "a-real-secret-from-the-vault-of-32-characters-or-more",
+    "ALLOWED_HOSTS": "api.example.com",
+}
 
 
 def clean_env(**env: str) -> dict[str, str]:
@@ -79,7 +84,7 @@ def test_without_redis_one_worker_serves_every_room_and_says_why() -> None:
     [
         ({"PORT": "9123"}, ["127.0.0.1:9123"]),
         ({"BIND": "unix:/run/app.sock"}, ["unix:/run/app.sock"]),
-        ({"PORT": "9123", "ENVIRONMENT": "production", "SECRET_KEY": "s3cret"}, ["0.0.0.0:9123"]),
+        ({"PORT": "9123", **PRODUCTION}, ["0.0.0.0:9123"]),
     ],
 )
 def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> None:
@@ -91,7 +96,8 @@ def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> Non
     [
         (
             {"ENVIRONMENT": "production"},
-            "invalid configuration: SECRET_KEY must be set to a secret of your own in production",
+            "invalid configuration: SECRET_KEY must be set to a secret of your own in "
+            "production, at least 32 characters",
         ),
         (
             {"WEB_CONCURRENCY": "lots"},

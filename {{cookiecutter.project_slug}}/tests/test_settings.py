@@ -9,7 +9,11 @@ from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
 
 pytestmark = pytest.mark.anyio
 
-PRODUCTION = {"environment": "production", "secret_key": "a-real-secret-from-the-vault"}
+PRODUCTION = {
+    "environment": "production",
+    "secret_key": "a-real-secret-from-the-vault-of-32-characters-or-more",
+    "allowed_hosts": ["testserver"],  # the test client's
+}
 
 
 def test_production_refuses_to_start_with_the_default_secret(
@@ -25,6 +29,21 @@ def test_production_refuses_to_start_with_the_default_secret(
     get_settings.cache_clear()
     assert "SECRET_KEY must be set" in str(refusal.value)
     assert "\n" not in str(refusal.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"secret_key": "x"}, "SECRET_KEY"),
+        ({"secret_key": "too-short-to-be-a-real-secret"}, "SECRET_KEY"),
+        ({"allowed_hosts": ["*"]}, "ALLOWED_HOSTS"),
+    ],
+)
+def test_production_refuses_a_weak_secret_and_any_host(
+    change: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        Settings.model_validate({**PRODUCTION, **change})
 
 
 {% if cookiecutter.database != "none" -%}

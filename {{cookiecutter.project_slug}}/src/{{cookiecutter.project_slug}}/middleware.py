@@ -122,15 +122,20 @@ def _route(scope: Scope) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
+HEALTH_CHECKS = frozenset({"/health/live", "/health/ready"})
+
+
 class TrustedHosts:
-    """Starlette's Host check, for every path but /health/: probes address a pod by its IP."""
+    """Starlette's Host check, for every path but the health checks: probes address a pod
+    by its IP. Only their exact paths: any other (`/health/live/`, say, which redirects)
+    could build a URL from an unchecked Host."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
         self.app = app
         self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/health/"):
+        if scope["type"] == "http" and scope["path"] in HEALTH_CHECKS:
             await self.app(scope, receive, send)
         else:
             await self.checked(scope, receive, send)

@@ -11,8 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .profile import PROFILE
 
-# Good enough on a laptop, refused in production.
+# Good enough on a laptop, refused in production; so is a secret shorter than this.
 DEVELOPMENT_SECRET = "development-only-secret-change-me"  # noqa: S105
+MIN_SECRET_LENGTH = 32
 
 CommaSeparated = Annotated[list[str], NoDecode]
 {%- if cookiecutter.use_celery == "yes" %}
@@ -60,6 +61,7 @@ class Settings(BaseSettings):
 
     # None: on in development, off in production.
     docs_enabled: bool | None = None
+    # Host names the service answers to; any in development, to be named in production.
     allowed_hosts: CommaSeparated = Field(default=["*"], min_length=1)
     cors_origins: CommaSeparated = []
     # Request bodies larger than this get a 413 before they are read.
@@ -174,10 +176,19 @@ class Settings(BaseSettings):
 {% endif %}
     @model_validator(mode="after")
     def _production_is_locked_down(self) -> Self:
-        if self.environment == "production" and (
-            self.secret_key.get_secret_value() == DEVELOPMENT_SECRET
-        ):
-            raise ValueError("SECRET_KEY must be set to a secret of your own in production")
+        if self.environment != "production":
+            return self
+        secret = self.secret_key.get_secret_value()
+        if secret == DEVELOPMENT_SECRET or len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"SECRET_KEY must be set to a secret of your own in production, at least "
+                f"{MIN_SECRET_LENGTH} characters"
+            )
+        if "*" in self.allowed_hosts:
+            raise ValueError(
+                "ALLOWED_HOSTS must name the host names this service answers to in production "
+                "(not *): URLs it builds, such as a redirect, take the request's Host header"
+            )
         return self
 {% if cookiecutter.database != "none" %}
     @property
