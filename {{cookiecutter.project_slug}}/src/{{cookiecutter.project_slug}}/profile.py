@@ -53,6 +53,7 @@ class WebSocketProfile(BaseModel):
     idle_timeout: PositiveFloat
     max_message_size: PositiveInt
     send_queue_size: PositiveInt
+    resubscribe_grace: PositiveFloat
 
 {% endif %}
 class Profile(BaseModel):
