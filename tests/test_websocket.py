@@ -3,7 +3,9 @@ Redis; slow clients, oversized messages, a Redis restart and a shutdown are each
 without hurting the rest of the room."""
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -19,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -403,6 +406,16 @@ def test_clients_stay_connected_while_redis_restarts_and_fan_out_resumes_by_itse
     assert "Redis is back" in server.log()
 
 
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) for the block: it runs no code, its sockets stay open."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 @dataclass
 class SteadyPublisher:
     """POSTs numbered messages to a room at a steady rate, in a thread, until stopped."""
@@ -414,7 +427,9 @@ class SteadyPublisher:
 
     def run(self) -> None:
         started = time.monotonic()
-        with httpx.Client(base_url=self.server.url, timeout=WAIT) as http:
+        # A connection per message: one kept alive might be held by a stopped worker.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=self.server.url, timeout=WAIT, limits=fresh) as http:
             for n in range(PUBLISH_RATE * WAIT_PUBLISHING):
                 if self.stop.is_set():
                     return
@@ -433,12 +448,13 @@ PUBLISH_RATE = 50
 WAIT_PUBLISHING = 60
 
 
-def test_every_message_accepted_while_redis_restarts_reaches_every_client(
+def test_every_message_accepted_while_redis_restarts_reaches_every_client_of_every_worker(
     project: Project, summary: Callable[[str], None]
 ) -> None:
     room = room_name()
     with serving_on_private_redis(project) as (server, redis, port), ExitStack() as stack:
-        clients = [client for client, _ in clients_on_every_worker(server, room, 4, stack)]
+        joined = clients_on_every_worker(server, room, 4, stack)
+        clients, late_worker = [client for client, _ in joined], joined[0][1]["worker"]
         threads = stack.enter_context(ThreadPoolExecutor(len(clients) + 1))
         readings = [threads.submit(receive_until, client, "after") for client in clients]
         publisher = SteadyPublisher(server, room)
@@ -450,7 +466,19 @@ def test_every_message_accepted_while_redis_restarts_reaches_every_client(
         # Away for a second of messages: the workers' attempts to subscribe again have
         # spread out by the time it returns.
         wait_until(lambda: publisher.count(503) >= PUBLISH_RATE, "a second of refusals")
-        with private_redis(port):
+        with private_redis(port), Redis(port=port) as returned:
+            # One worker is late to subscribe again: it is stopped until the other has
+            # subscribed and answered half a second of publishes.
+            with stopped(late_worker):
+                wait_until(
+                    lambda: len(returned.client_list(_type="pubsub")) == 1,
+                    "the other worker to subscribe again",
+                )
+                answered = len(publisher.answers)
+                wait_until(
+                    lambda: len(publisher.answers) >= answered + PUBLISH_RATE // 2,
+                    "half a second of publishes while one worker is back",
+                )
             back_at = len(publisher.answers)
             # Two seconds of messages accepted again: every worker has subscribed again.
             wait_until(
