@@ -55,7 +55,9 @@ class Hello(BaseModel):
 
 
 class Problem(BaseModel):
-    """Something the client sent could not be relayed; the connection stays open."""
+    """Something the client sent was not relayed: it was malformed, or the rooms could not
+    promise it would reach every client (an HTTP publish would get 503). The connection
+    stays open; the client may send it again."""
 
     type: Literal["error"] = "error"
     detail: str
