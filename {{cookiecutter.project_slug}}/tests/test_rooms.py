@@ -402,14 +402,16 @@ async def test_after_redis_returns_a_publish_fewer_workers_hear_is_503_until_the
     room = f"lobby-{uuid.uuid4().hex[:8]}"
     async with uvicorn_serving(with_redis) as served:
         fanout = served.app.state.fanout
-        # Three workers heard the last publish before Redis went away; only this one is back.
-        fanout.subscribers = 3
+        before = await publish(served.address, room, "heard by every subscriber")
+        heard_by = fanout.subscribers  # this app, and any other on the same Redis and prefix
+        # One more subscriber heard the last publish before Redis went away; it is not back.
+        fanout.subscribers += 1
         fanout.resubscribing_until = time.monotonic() + 60
-        during = await publish(served.address, room, "only one worker hears this")
-        fanout.resubscribing_until = time.monotonic()  # the others are gone for good
-        after = await publish(served.address, room, "the one left hears this")
-        then = fanout.subscribers
+        during = await publish(served.address, room, "one subscriber short")
+        fanout.resubscribing_until = time.monotonic()  # it is gone for good
+        after = await publish(served.address, room, "heard by those left")
 
+    assert before.status_code == 202
     assert during.status_code == 503
     assert after.status_code == 202
-    assert then == 1
+    assert fanout.subscribers == heard_by
