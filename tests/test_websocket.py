@@ -3,20 +3,25 @@ Redis; slow clients, oversized messages, a Redis restart and a shutdown are each
 without hurting the rest of the room."""
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 import tomllib
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -255,6 +260,67 @@ def test_a_message_over_the_size_limit_closes_that_client_with_1009_only(
     assert too_large.status_code == 413
 
 
+def errors_logged(server: Server, since: int) -> list[str]:
+    """Log lines at ERROR or above, and tracebacks, after the first `since` characters."""
+    return [
+        line
+        for line in server.log()[since:].splitlines()
+        if line.startswith("Traceback")
+        or (line.startswith("{") and json.loads(line).get("level") in ("error", "critical"))
+    ]
+
+
+@contextmanager
+def one_client(server: Server, room: str) -> Iterator[ClientConnection]:
+    """A client in the room, past its hello."""
+    url = server.url.replace("http://", "ws://")
+    with connect(f"{url}/ws/{room}", open_timeout=WAIT) as client:
+        receive(client)
+        yield client
+
+
+# A JSON body whose text is one lone surrogate, spelt with JSON's escape: no Unicode text.
+LONE_SURROGATE = '{"text": "\\ud800"}'
+
+
+def test_a_lone_surrogate_in_a_message_is_refused_over_http_and_websocket_without_errors(
+    server: Server,
+) -> None:
+    room, since = room_name(), len(server.log())
+    with one_client(server, room) as client:
+        answer = httpx.post(
+            f"{server.url}/rooms/{room}/messages",
+            content=LONE_SURROGATE,
+            headers={"content-type": "application/json"},
+            timeout=WAIT,
+        )
+        client.send(LONE_SURROGATE)
+        problem = receive(client)
+        client.send(json.dumps({"text": "still here"}))
+        after = receive(client)
+
+    assert answer.status_code == 422
+    assert "surrogate" in answer.text
+    assert problem["type"] == "error"
+    assert after["text"] == "still here"
+    assert errors_logged(server, since) == []
+
+
+def test_a_text_frame_that_is_not_utf8_closes_with_1007_and_logs_no_error(
+    server: Server,
+) -> None:
+    since = len(server.log())
+    with one_client(server, room_name()) as client:
+        client.send(b'{"text": "\xff"}', text=True)
+        code = close_code(client)
+    # Written before the close frame was sent: the log has it now.
+    log = server.log()[since:]
+
+    assert code == 1007
+    assert errors_logged(server, since) == []
+    assert log.count("not UTF-8") == 1
+
+
 @contextmanager
 def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
     """A redis-server of the test's own, which it may stop and start at will."""
@@ -280,15 +346,25 @@ def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(timeout=WAIT)
 
 
-def test_clients_stay_connected_while_redis_restarts_and_fan_out_resumes_by_itself(
+@contextmanager
+def serving_on_private_redis(
     project: Project,
-) -> None:
-    port, room = free_port(), room_name()
+) -> Iterator[tuple[Server, subprocess.Popen[bytes], int]]:
+    """Two workers sharing rooms through a Redis of the test's own: the server, the Redis
+    process, and its port (to start it again on)."""
+    port = free_port()
     with (
         private_redis(port) as redis,
         project.serve(workers=2, REDIS_URL=f"redis://127.0.0.1:{port}/0") as server,
-        ExitStack() as stack,
     ):
+        yield server, redis, port
+
+
+def test_clients_stay_connected_while_redis_restarts_and_fan_out_resumes_by_itself(
+    project: Project,
+) -> None:
+    room = room_name()
+    with serving_on_private_redis(project) as (server, redis, port), ExitStack() as stack:
         clients = clients_on_every_worker(server, room, 4, stack)
         before = publish(server, room, "before")
         assert [receive(client)["text"] for client, _ in clients] == ["before"] * len(clients)
@@ -328,6 +404,110 @@ def test_clients_stay_connected_while_redis_restarts_and_fan_out_resumes_by_itse
     assert received == [after.json()] * len(clients)
     assert "lost Redis" in server.log()
     assert "Redis is back" in server.log()
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) for the block: it runs no code, its sockets stay open."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@dataclass
+class SteadyPublisher:
+    """POSTs numbered messages to a room at a steady rate, in a thread, until stopped."""
+
+    server: Server
+    room: str
+    answers: list[httpx.Response] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        started = time.monotonic()
+        # A connection per message: one kept alive might be held by a stopped worker.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=self.server.url, timeout=WAIT, limits=fresh) as http:
+            for n in range(PUBLISH_RATE * WAIT_PUBLISHING):
+                if self.stop.is_set():
+                    return
+                self.answers.append(
+                    http.post(f"/rooms/{self.room}/messages", json={"text": f"m{n}"})
+                )
+                # Paced, not waiting on anything: the rate is the load.
+                time.sleep(max(0.0, started + (n + 1) / PUBLISH_RATE - time.monotonic()))
+
+    def count(self, status: int, since: int = 0) -> int:
+        return sum(answer.status_code == status for answer in self.answers[since:])
+
+
+# Messages per second published during a Redis restart, and the most seconds it may go on.
+PUBLISH_RATE = 50
+WAIT_PUBLISHING = 60
+
+
+def test_every_message_accepted_while_redis_restarts_reaches_every_client_of_every_worker(
+    project: Project, summary: Callable[[str], None]
+) -> None:
+    room = room_name()
+    with serving_on_private_redis(project) as (server, redis, port), ExitStack() as stack:
+        joined = clients_on_every_worker(server, room, 4, stack)
+        clients, late_worker = [client for client, _ in joined], joined[0][1]["worker"]
+        threads = stack.enter_context(ThreadPoolExecutor(len(clients) + 1))
+        readings = [threads.submit(receive_until, client, "after") for client in clients]
+        publisher = SteadyPublisher(server, room)
+        publishing = threads.submit(publisher.run)
+        wait_until(lambda: publisher.count(202) >= PUBLISH_RATE, "a second of messages")
+
+        redis.terminate()
+        redis.wait(timeout=WAIT)
+        # Away for a second of messages: the workers' attempts to subscribe again have
+        # spread out by the time it returns.
+        wait_until(lambda: publisher.count(503) >= PUBLISH_RATE, "a second of refusals")
+        with private_redis(port), Redis(port=port) as returned:
+            # One worker is late to subscribe again: it is stopped until the other has
+            # subscribed and answered half a second of publishes.
+            with stopped(late_worker):
+                wait_until(
+                    lambda: len(returned.client_list(_type="pubsub")) == 1,
+                    "the other worker to subscribe again",
+                )
+                answered = len(publisher.answers)
+                wait_until(
+                    lambda: len(publisher.answers) >= answered + PUBLISH_RATE // 2,
+                    "half a second of publishes while one worker is back",
+                )
+            back_at = len(publisher.answers)
+            # Two seconds of messages accepted again: every worker has subscribed again.
+            wait_until(
+                lambda: publisher.count(202, since=back_at) >= 2 * PUBLISH_RATE,
+                "two seconds of messages accepted after Redis came back",
+            )
+            publisher.stop.set()
+            publishing.result(timeout=WAIT)
+            after = publish(server, room, "after")
+            received = [
+                {message["text"] for message in reading.result(timeout=WAIT)}
+                for reading in readings
+            ]
+
+    accepted = {answer.json()["text"] for answer in publisher.answers if answer.status_code == 202}
+    refused = [answer for answer in publisher.answers if answer.status_code == 503]
+    lost = sum(len(accepted - heard) for heard in received)
+    missed_by_some = len(accepted - set.intersection(*received))
+    assert after.status_code == 202
+    assert {answer.status_code for answer in publisher.answers} == {202, 503}
+    assert {answer.headers.get("retry-after") for answer in refused} == {"1"}
+    assert lost == 0, (
+        f"{missed_by_some} of {len(accepted)} accepted messages missed by some of "
+        f"{len(received)} clients ({lost} deliveries lost)"
+    )
+    summary(
+        f"rooms, Redis restarted under {PUBLISH_RATE} messages/s: {len(accepted)} accepted and "
+        f"heard by all {len(received)} clients, {len(refused)} answered 503"
+    )
 
 
 def test_shutdown_closes_every_client_on_every_worker_with_1001(

@@ -4,8 +4,10 @@ WebSocket protocol settings, and clients that wait a bounded time for every mess
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -180,6 +182,31 @@ async def test_an_http_body_over_the_size_limit_is_413(server: str, settings: Se
     assert answer.status_code == 413
 
 
+async def test_a_lone_surrogate_in_an_http_body_is_422(server: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{server}") as http:
+        answer = await http.post(
+            "/rooms/lobby/messages",
+            content='{"text": "a\\ud800"}',
+            headers={"content-type": "application/json"},
+        )
+
+    assert answer.status_code == 422
+    assert "lone surrogate at character 1" in answer.json()["detail"][0]["msg"]
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_with_1007_and_logs_no_error(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with joined(server, "lobby") as websocket:
+        await websocket.send(b'{"text": "\xc3("}', text=True)
+        code = await close_code(websocket)
+
+    assert code == 1007
+    assert [r.levelname for r in caplog.records if "not UTF-8" in r.getMessage()] == ["INFO"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize("room", ["a" * 65, "bad room", "caf\u00e9", "a*"])
 async def test_a_bad_room_name_is_refused(server: str, room: str) -> None:
     with pytest.raises(InvalidStatus) as refused:
@@ -350,3 +377,41 @@ async def test_through_redis_a_message_reaches_the_clients_of_every_worker(
     assert [m["text"] for m in heard_on_second] == ["across workers", "from a client"]
     assert heard_on_first == heard_on_second
     assert ready.status_code == 200
+
+
+async def test_a_publish_on_a_closed_redis_transport_is_503(
+    settings: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def closed_transport(*_args: object) -> int:
+        # What uvloop raises writing to a connection Redis has just dropped.
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    with_redis = settings.model_copy(update={"redis_url": redis_url})
+    async with uvicorn_serving(with_redis) as served:
+        monkeypatch.setattr(served.app.state.fanout.redis, "publish", closed_transport)
+        answer = await publish(served.address, "lobby", "anyone?")
+
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+
+
+async def test_after_redis_returns_a_publish_fewer_workers_hear_is_503_until_the_grace_ends(
+    settings: Settings, redis_url: str
+) -> None:
+    with_redis = settings.model_copy(update={"redis_url": redis_url})
+    room = f"lobby-{uuid.uuid4().hex[:8]}"
+    async with uvicorn_serving(with_redis) as served:
+        fanout = served.app.state.fanout
+        before = await publish(served.address, room, "heard by every subscriber")
+        heard_by = fanout.subscribers  # this app, and any other on the same Redis and prefix
+        # One more subscriber heard the last publish before Redis went away; it is not back.
+        fanout.subscribers += 1
+        fanout.resubscribing_until = time.monotonic() + 60
+        during = await publish(served.address, room, "one subscriber short")
+        fanout.resubscribing_until = time.monotonic()  # it is gone for good
+        after = await publish(served.address, room, "heard by those left")
+
+    assert before.status_code == 202
+    assert during.status_code == 503
+    assert after.status_code == 202
+    assert fanout.subscribers == heard_by

@@ -55,6 +55,7 @@ class WebSocketProfile(BaseModel):
     idle_timeout: PositiveFloat
     max_message_size: PositiveInt
     send_queue_size: PositiveInt
+    resubscribe_grace: PositiveFloat
 
 {% endif %}
 class Profile(BaseModel):

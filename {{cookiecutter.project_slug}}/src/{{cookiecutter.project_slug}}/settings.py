@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     ws_idle_timeout: float = Field(default=PROFILE.websocket.idle_timeout, gt=0)
     ws_max_message_size: int = Field(default=PROFILE.websocket.max_message_size, ge=1)
     ws_send_queue_size: int = Field(default=PROFILE.websocket.send_queue_size, ge=1)
+    ws_resubscribe_grace: float = Field(default=PROFILE.websocket.resubscribe_grace, gt=0)
 {%- endif %}
     # Seconds /health/ready waits for each dependency before calling it unavailable.
     readiness_timeout: float = Field(default=1.0, gt=0)

@@ -6,14 +6,23 @@ clients in that room. Without Redis, a publish goes straight to this worker's cl
 is why gunicorn.conf.py then starts a single worker.
 
 A message is serialized once, by the publisher; workers pass the same text to every client.
-Redis pub/sub delivers at most once: a message published while a worker has lost Redis does
-not reach that worker's clients. Clients stay connected meanwhile, and delivery resumes by
-itself once the worker has subscribed again.
+Redis pub/sub delivers at most once: a message published while a worker is not subscribed
+never reaches that worker's clients. So a publish is refused (RoomsUnavailable, an HTTP 503)
+unless it can reach every client:
+- the publishing worker's own subscription must be live, confirmed by Redis, from the moment
+  it loses Redis until it has subscribed again;
+- after Redis comes back, the other workers subscribe again each in its own time: until as
+  many workers hear a publish as heard this worker's last one before, or until
+  `resubscribe_grace` has passed (a worker may be gone for good), the publish is refused.
+  Such a message has reached the workers already back: a sender that retries may be heard
+  twice by their clients.
+Clients stay connected meanwhile, and delivery resumes by itself.
 """
 
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -42,8 +51,13 @@ FIRST_SUBSCRIPTION_WAIT = 2.0
 RESUBSCRIBE_DELAY, RESUBSCRIBE_DELAY_MAX = 0.1, 2.0
 
 
+# What a call to Redis raises when Redis is away or restarting: a closed transport (uvloop's
+# RuntimeError) included, met by a command sent on a connection Redis has just dropped.
+REDIS_AWAY = (RedisError, OSError, RuntimeError)
+
+
 class RoomsUnavailable(Exception):
-    """The message could not be handed to the rooms: Redis is away."""
+    """The message may not reach every client of its room: Redis is away or coming back."""
 
 
 class Client:
@@ -125,9 +139,12 @@ class InProcessFanout:
 class RedisFanout:
     """Publish to Redis; hear every room's messages through one pattern subscription."""
 
-    def __init__(self, url: str, rooms: Rooms, channel_prefix: str) -> None:
+    def __init__(
+        self, url: str, rooms: Rooms, channel_prefix: str, resubscribe_grace: float
+    ) -> None:
         self.rooms = rooms
         self.prefix = channel_prefix
+        self.resubscribe_grace = resubscribe_grace
         self.redis = Redis.from_url(
             url,
             decode_responses=True,
@@ -141,17 +158,27 @@ class RedisFanout:
             socket_keepalive=True,
             socket_keepalive_options=_KEEPALIVE,
         )
+        # Set once Redis has confirmed the subscription; clear from the moment it is lost.
         self.subscribed = asyncio.Event()
+        # The workers that heard this worker's last publish, and until when (after Redis came
+        # back) fewer of them is taken for others not subscribed yet rather than gone.
+        self.subscribers = 0
+        self.resubscribing_until = 0.0
         self.readiness_checks: dict[str, ReadinessCheck] = {"redis": self.ready}
 
     def channel(self, room: str) -> str:
         return f"{self.prefix}{room}"
 
     async def publish(self, room: str, payload: str) -> None:
+        if not self.subscribed.is_set():
+            raise RoomsUnavailable("not subscribed to Redis")
         try:
-            await self.redis.publish(self.channel(room), payload)
-        except (RedisError, OSError) as error:
-            raise RoomsUnavailable from error
+            subscribers = await self.redis.publish(self.channel(room), payload)
+        except REDIS_AWAY as error:
+            raise RoomsUnavailable(f"{type(error).__name__}: {error}") from error
+        if subscribers < self.subscribers and time.monotonic() < self.resubscribing_until:
+            raise RoomsUnavailable("other workers have not subscribed to Redis again yet")
+        self.subscribers = subscribers
 
     async def ready(self) -> None:
         if not self.subscribed.is_set():
@@ -179,17 +206,16 @@ class RedisFanout:
         lost = False
         while True:
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self.redis.pubsub() as pubsub:
                     await pubsub.psubscribe(f"{self.prefix}*")
-                    self.subscribed.set()
-                    if lost:
-                        logger.warning("Redis is back: room messages fan out again")
-                    lost, delay = False, RESUBSCRIBE_DELAY
                     async for message in pubsub.listen():
                         if message["type"] == "pmessage":
                             room = message["channel"].removeprefix(self.prefix)
                             self.rooms.deliver(room, message["data"])
-            except (RedisError, OSError) as error:
+                        elif message["type"] == "psubscribe":
+                            self._confirmed(back=lost)
+                            lost, delay = False, RESUBSCRIBE_DELAY
+            except REDIS_AWAY as error:
                 self.subscribed.clear()
                 if not lost:
                     logger.warning(
@@ -201,6 +227,13 @@ class RedisFanout:
                 lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RESUBSCRIBE_DELAY_MAX)
+
+    def _confirmed(self, back: bool) -> None:
+        """Redis has confirmed the subscription: from now on it relays every publish here."""
+        if back:
+            logger.warning("Redis is back: room messages fan out again")
+            self.resubscribing_until = time.monotonic() + self.resubscribe_grace
+        self.subscribed.set()
 
 
 # Probe an idle connection after 5 s, every 2 s, and give up after 3 unanswered probes.
@@ -216,4 +249,9 @@ def create_fanout(settings: Settings, rooms: Rooms) -> Fanout:
         return InProcessFanout(rooms)
     # Pub/sub channels are shared by every database number of a Redis server: the service's
     # key prefix keeps its rooms apart from any other service's.
-    return RedisFanout(settings.redis_url, rooms, f"{settings.redis_key_prefix}room:")
+    return RedisFanout(
+        settings.redis_url,
+        rooms,
+        f"{settings.redis_key_prefix}room:",
+        settings.ws_resubscribe_grace,
+    )

@@ -3,6 +3,8 @@
 - Heartbeats: a ping every WS_HEARTBEAT_INTERVAL; a client that has answered nothing for
   WS_IDLE_TIMEOUT is closed (1011).
 - Frames over WS_MAX_MESSAGE_SIZE are refused as they arrive (close 1009), never buffered.
+- A text message that is not UTF-8 closes its connection with 1007 (invalid data) and one
+  INFO line: a client's mistake, not the server's (Uvicorn would log an ERROR traceback).
 - On shutdown (SIGTERM, a reload) every client gets 1001, going away, where Uvicorn sends
   1012: the service is not restarting on this connection, the client should reconnect.
 - A client that reads nothing while messages wait for it is let go after WS_IDLE_TIMEOUT.
@@ -14,11 +16,13 @@
 from asyncio import TimerHandle
 
 from uvicorn.config import Config
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..settings import Settings
 
 GOING_AWAY = 1001
+INVALID_DATA = 1007
 
 
 def configure(config: Config, settings: Settings) -> None:
@@ -46,6 +50,19 @@ class RoomsWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.transport.close()
 
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent and not _utf8(self.frames):
+            self.frames = []
+            self.logger.info(
+                '%s - "WebSocket %s" sent a text message that is not UTF-8: closing with 1007',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+            self.conn.send_close(INVALID_DATA, "text message is not UTF-8")
+            self.handle_parser_exception()
+            return
+        super().send_receive_event_to_app()
+
     def pause_writing(self) -> None:
         super().pause_writing()
         if self.stalled is None and self.ping_interval and self.ping_timeout:
@@ -64,3 +81,11 @@ class RoomsWebSocketProtocol(WebSocketsSansIOProtocol):
             self.stalled.cancel()
             self.stalled = None
         super().connection_lost(exc)
+
+
+def _utf8(frames: list[bytes]) -> bool:
+    try:
+        b"".join(frames).decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -22,7 +22,11 @@ router = APIRouter(tags=["rooms"])
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
-UNAVAILABLE = "the rooms are unavailable; try again shortly"
+# Sent with a 503, or to a client whose message was refused: the message may have reached
+# some clients of the room, not all of them (rooms/fanout.py says when).
+UNAVAILABLE = (
+    "the rooms are unavailable, so the message may not reach every client; try again shortly"
+)
 # How a receive or send ends when the client has gone: not an error of the app.
 CLIENT_GONE = (WebSocketDisconnect, WebSocketDisconnected)
 
@@ -38,10 +42,23 @@ FanoutDep = Annotated[Fanout, Depends(get_fanout)]
 @router.post(
     "/rooms/{room}/messages",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=documented(400, 413, 503),
+    response_description=(
+        "Accepted: handed to every worker whose clients are in the room. Delivery is at most "
+        "once: a client that disconnects, or falls too far behind, misses it; nothing is "
+        "stored or sent again."
+    ),
+    responses=documented(400, 413)
+    | {
+        503: documented(503)[503]
+        | {
+            "description": "Redis is away, or the workers are subscribing to it again: the "
+            "message may not reach every client (it may have reached some). Retry after "
+            "Retry-After seconds."
+        }
+    },
 )
 async def publish(room: RoomName, body: MessageIn, fanout: FanoutDep) -> Message:
-    """Send a message to every client in the room, on every worker."""
+    """Send a message to every client in the room, on every worker, at most once."""
     message = Message(room=room, sender=HTTP_SENDER, text=body.text)
     try:
         await fanout.publish(room, message.model_dump_json())
@@ -133,7 +150,7 @@ async def _receive(
         try:
             await fanout.publish(room, message.model_dump_json())
         except RoomsUnavailable:
-            client.offer(_problem(f"{UNAVAILABLE}; the message was not sent"))
+            client.offer(_problem(UNAVAILABLE))
 
 
 async def _send(websocket: WebSocket, client: Client) -> None:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # Letters, digits, dot, dash and underscore: safe in a URL, a log line and a Redis channel.
 RoomName = Annotated[
@@ -14,12 +14,24 @@ RoomName = Annotated[
 HTTP_SENDER = "http"
 
 
+def _encodable(text: str) -> str:
+    """JSON's escapes can spell a lone surrogate (`"\\ud800"`), which is a str to Python but
+    no Unicode text: it could be neither sent to a client nor written as JSON."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"is not valid Unicode: a lone surrogate at character {error.start}"
+        ) from None
+    return text
+
+
 class MessageIn(BaseModel):
     """A message to a room, as a client sends it (a WebSocket text frame, or an HTTP body)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    text: str
+    text: Annotated[str, AfterValidator(_encodable)]
 
 
 class Message(BaseModel):
@@ -43,7 +55,9 @@ class Hello(BaseModel):
 
 
 class Problem(BaseModel):
-    """Something the client sent could not be relayed; the connection stays open."""
+    """Something the client sent was not relayed: it was malformed, or the rooms could not
+    promise it would reach every client (an HTTP publish would get 503). The connection
+    stays open; the client may send it again."""
 
     type: Literal["error"] = "error"
     detail: str
