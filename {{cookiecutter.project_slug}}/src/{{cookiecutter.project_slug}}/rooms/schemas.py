@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from ..bodies import ClientBody
+
 # Letters, digits, dot, dash and underscore: safe in a URL, a log line and a Redis channel.
 RoomName = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", examples=["lobby"])
@@ -26,10 +28,10 @@ def _encodable(text: str) -> str:
     return text
 
 
-class MessageIn(BaseModel):
+class MessageIn(ClientBody):
     """A message to a room, as a client sends it (a WebSocket text frame, or an HTTP body)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)
 
     text: Annotated[str, AfterValidator(_encodable)]
 
