@@ -156,7 +156,7 @@ class Project:
 
         `app` replaces the project's app, e.g. "fault_app:app" from this folder.
         """
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         log = self.path / "var" / f"gunicorn-{port}.log"
         log.parent.mkdir(exist_ok=True)
         with log.open("w") as output:
@@ -169,13 +169,16 @@ class Project:
                     "PYTHONPATH": f"{self.path / 'src'}:{Path(__file__).parent}",
                     "SERVICE_PACKAGE": self.path.name,
                     "PORT": str(port),
+                    "METRICS_PORT": str(metrics_port),
                     "WEB_CONCURRENCY": str(workers),
                     **env,
                 },
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
-        server = Server(f"http://127.0.0.1:{port}", process, log)
+        server = Server(
+            f"http://127.0.0.1:{port}", process, log, f"http://127.0.0.1:{metrics_port}/metrics"
+        )
         try:
             server.wait_until_serving()
             yield server
@@ -242,6 +245,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_url: str  # /metrics, on a port of its own
 
     def wait_until_serving(self) -> None:
         """Until Gunicorn answers and every worker it runs has started the app (a worker

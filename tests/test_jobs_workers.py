@@ -94,7 +94,7 @@ def job_once(
 
 def swept(server: Server) -> dict[str, float]:
     """jobs_swept_total by outcome, summed over the API's workers."""
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    text = httpx.get(server.metrics_url, timeout=30).text
     found = re.findall(r'^jobs_swept_total\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE)
     return {outcome: float(value) for outcome, value in found}
 

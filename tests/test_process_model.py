@@ -86,7 +86,7 @@ def test_metrics_count_every_request_across_killed_and_recycled_workers(
                 return len(pids_seen) >= 2 + 2
 
             wait_until(two_recycled, "two workers recycled by max_requests")
-        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        metrics = httpx.get(server.metrics_url, timeout=30).text
 
     sent = sum(before_kill.answered.values()) + sum(after_kill.answered.values())
     assert (before_kill.lost, after_kill.lost) == (0, 0)
@@ -159,6 +159,6 @@ def test_master_wipes_metrics_left_by_an_earlier_run(project: Project, tmp_path:
 
     with project.serve(workers=1, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), **database) as server:
         httpx.get(f"{server.url}/items", timeout=30)
-        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        metrics = httpx.get(server.metrics_url, timeout=30).text
 
     assert requests_counted(metrics, "/items") == 1

@@ -159,3 +159,16 @@ def test_answers_do_not_name_the_server(project: Project) -> None:
 
     assert [answer.status_code for answer in answers] == [200, 404]
     assert [answer.headers.get("server") for answer in answers] == [None, None]
+
+
+@pytest.mark.parametrize("project", ["public_api"], indirect=True)
+def test_metrics_are_served_on_their_own_port_only(project: Project) -> None:
+    with project.serve(workers=1, **project.database(None)) as server:
+        on_the_service_port = httpx.get(f"{server.url}/metrics")
+        on_their_own = httpx.get(server.metrics_url)
+        schema = httpx.get(f"{server.url}/openapi.json").json()
+
+    assert on_the_service_port.status_code == 404
+    assert on_their_own.status_code == 200
+    assert "http_requests_total" in on_their_own.text
+    assert "/metrics" not in schema["paths"]

@@ -150,6 +150,7 @@ def host(
         "CELERY_BROKER_URL": redis_url,
         "REDIS_KEY_PREFIX": f"{project.env.get('REDIS_KEY_PREFIX', '')}{uuid.uuid4().hex}:",
         "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
     }
     env_file = work / f"{name}.env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))

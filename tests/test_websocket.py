@@ -164,7 +164,7 @@ def connected_clients(server: Server, settled_at: int) -> int:
     (a client that just left may not be counted out yet)."""
 
     def count() -> int:
-        metrics = httpx.get(f"{server.url}/metrics", timeout=WAIT).text
+        metrics = httpx.get(server.metrics_url, timeout=WAIT).text
         found = re.search(r"^websocket_clients (\S+)$", metrics, re.MULTILINE)
         assert found, metrics
         return int(float(found[1]))

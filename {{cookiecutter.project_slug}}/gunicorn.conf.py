@@ -59,7 +59,11 @@ os.environ["SERVICE_WORKERS"] = str(workers)
 get_settings.cache_clear()
 {%- endif %}
 default_host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
-bind = [settings.bind or f"{default_host}:{settings.port}"]
+# The service, and beside it the listener that alone serves /metrics (metrics.py).
+bind = [
+    settings.bind or f"{default_host}:{settings.port}",
+    f"{default_host}:{settings.metrics_port}",
+]
 
 timeout = PROFILE.timeout
 graceful_timeout = PROFILE.graceful_timeout

@@ -54,7 +54,7 @@ def gunicorn(*args: str, cpus: str | None = None, **env: str) -> Iterator[str]:
     server = subprocess.Popen(
         [*pinned(cpus), sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", *args],
         cwd=PROJECT,
-        env={**ENV, "PORT": str(port), **env},
+        env={**ENV, "PORT": str(port), "METRICS_PORT": str(free_port()), **env},
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

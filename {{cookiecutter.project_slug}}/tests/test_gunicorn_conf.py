@@ -82,9 +82,9 @@ def test_without_redis_one_worker_serves_every_room_and_says_why() -> None:
 @pytest.mark.parametrize(
     ("env", "bind"),
     [
-        ({"PORT": "9123"}, ["127.0.0.1:9123"]),
-        ({"BIND": "unix:/run/app.sock"}, ["unix:/run/app.sock"]),
-        ({"PORT": "9123", **PRODUCTION}, ["0.0.0.0:9123"]),
+        ({"PORT": "9123"}, ["127.0.0.1:9123", "127.0.0.1:9464"]),
+        ({"BIND": "unix:/run/app.sock"}, ["unix:/run/app.sock", "127.0.0.1:9464"]),
+        ({"PORT": "9123", "METRICS_PORT": "9124", **PRODUCTION}, ["0.0.0.0:9123", "0.0.0.0:9124"]),
     ],
 )
 def test_bind_follows_port_and_bind(env: dict[str, str], bind: list[str]) -> None:

@@ -11,7 +11,7 @@ import collections
 import functools
 import os
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -133,11 +133,13 @@ class RequestMetrics:
 router = APIRouter(tags=["health"])
 
 
-@router.get(
-    "/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}}
-)
-def metrics() -> Response:
+# Not in the API's schema: served on the metrics port only (METRICS_PORT), never to clients.
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
     # A plain def: reading every worker's files is blocking I/O, so it runs in the threadpool.
+    server = request.scope.get("server")
+    if server is None or server[1] != request.app.state.settings.metrics_port:
+        raise HTTPException(status.HTTP_404_NOT_FOUND)
     registry = REGISTRY
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # Load the app in the Gunicorn master before forking the workers.
     preload: bool = PROFILE.preload
     port: int = Field(default=8000, ge=1, le=65535)
+    # The listener that alone serves /metrics: keep it where the scraper reaches it and
+    # clients do not (the Kubernetes NetworkPolicy opens it to the monitoring namespace).
+    metrics_port: int = Field(default=9464, ge=1, le=65535)
     bind: str | None = None
     forwarded_allow_ips: str = PROFILE.forwarded_allow_ips
     # The project's Uvicorn worker, or Gunicorn's own "asgi" worker.
@@ -175,6 +178,12 @@ class Settings(BaseSettings):
             )
         return self
 {% endif %}
+    @model_validator(mode="after")
+    def _metrics_on_a_port_of_their_own(self) -> Self:
+        if self.metrics_port == self.port:
+            raise ValueError("METRICS_PORT must differ from PORT: metrics have a port of their own")
+        return self
+
     @model_validator(mode="after")
     def _production_is_locked_down(self) -> Self:
         if self.environment != "production":
