@@ -20,7 +20,9 @@ PACKAGE = Path("src") / SLUG
 # before the folder that holds it
 MANIFEST: dict[Path, dict[str, set[str]]] = {
     # JSON request bodies: items, predictions and room messages; batch takes only uploads.
-    PACKAGE / "bodies.py": {"scenario": {"public_api", "microservice", "ml_inference", "websocket"}},
+    PACKAGE / "bodies.py": {
+        "scenario": {"public_api", "microservice", "ml_inference", "websocket"}
+    },
     PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
     Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
     PACKAGE / "inference": {"scenario": {"ml_inference"}},

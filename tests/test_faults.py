@@ -149,6 +149,14 @@ def test_max_requests_recycling_under_load_loses_nothing(project: Project, fault
     assert load.ok >= 4 * 300
 
 
+def lifecycle(server: Server) -> list[str]:
+    """What the master and the workers logged but the access log: when each stopped, and why."""
+    return sorted(
+        f"{entry['time']} {entry['pid']} {entry['message']}"
+        for entry in server.log_entries("gunicorn.error") + server.log_entries("uvicorn.error")
+    )
+
+
 def logged(server: Server, message: str) -> set[int]:
     """The workers that have logged `message`."""
     return {
@@ -213,7 +221,7 @@ def test_sigterm_under_load_answers_every_request_it_accepted_and_refuses_the_re
         f"{load.lost} requests lost, {load.refused} connections refused after the stop"
     )
     assert exit_code == 0
-    assert load.lost == 0, load
+    assert load.lost == 0, (load, lifecycle(server))
 
 
 def block_a_worker(url: str) -> None:

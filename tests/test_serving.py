@@ -118,7 +118,7 @@ SECRET = "a-real-secret-from-the-vault-of-32-characters-or-more"
 @pytest.mark.parametrize(
     ("env", "refusal"),
     [
-        ({}, "SECRET_KEY must be set to a secret of your own in production, at least 32 characters"),
+        ({}, "SECRET_KEY must be set to a secret of your own in production, at least 32"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY must be set to a secret of your own in production"),
         ({"SECRET_KEY": SECRET}, "ALLOWED_HOSTS must name the host names this service answers to"),
     ],

@@ -26,7 +26,12 @@ from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, check
 from {{ cookiecutter.project_slug }}.logs import logging_config
 from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.settings import get_settings
-from {{ cookiecutter.project_slug }}.worker import replaced_workers, serving_marker
+from {{ cookiecutter.project_slug }}.worker import (
+    forget_replaced,
+    replaced_workers,
+    serving_marker,
+    write_replaced,
+)
 
 settings = get_settings()  # exits with one readable line if the configuration is wrong
 cpus = effective_cpu_count()
@@ -125,9 +130,7 @@ def on_starting(server: Arbiter) -> None:
 def on_reload(server: Arbiter) -> None:
     """The workers running now are about to be replaced: each stays until the new ones
     serve (worker.py), so that a reload never leaves the service without a worker."""
-    replaced = replaced_workers(str(metrics_dir))
-    replaced.parent.mkdir(parents=True, exist_ok=True)
-    replaced.write_text(" ".join(map(str, server.WORKERS)))
+    write_replaced(replaced_workers(str(metrics_dir)), list(server.WORKERS), server.num_workers)
 
 
 def pre_fork(server: Arbiter, worker: Worker) -> None:
@@ -145,6 +148,7 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
     serving_marker(str(metrics_dir), worker.pid).unlink(missing_ok=True)
+    forget_replaced(replaced_workers(str(metrics_dir)), worker.pid)
 
 
 def on_exit(server: Arbiter) -> None:

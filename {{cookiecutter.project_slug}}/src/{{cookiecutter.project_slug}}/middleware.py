@@ -122,20 +122,21 @@ def _route(scope: Scope) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
-HEALTH_CHECKS = frozenset({"/health/live", "/health/ready"})
+# Probes address a pod by its IP, and so does Prometheus (on the metrics port alone).
+UNCHECKED_HOSTS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
 class TrustedHosts:
-    """Starlette's Host check, for every path but the health checks: probes address a pod
-    by its IP. Only their exact paths: any other (`/health/live/`, say, which redirects)
-    could build a URL from an unchecked Host."""
+    """Starlette's Host check, for every path but the health checks and the metrics, whose
+    clients address a pod by its IP. Only their exact paths: any other (`/health/live/`,
+    say, which redirects) could build a URL from an unchecked Host."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
         self.app = app
         self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in HEALTH_CHECKS:
+        if scope["type"] == "http" and scope["path"] in UNCHECKED_HOSTS:
             await self.app(scope, receive, send)
         else:
             await self.checked(scope, receive, send)

@@ -19,12 +19,14 @@ serves. Here a worker being replaced (listed by the master's `on_reload`) stays 
 many new workers serve, then leaves; a second SIGTERM makes it leave at once.
 
 Connections the kernel accepted but no worker took yet wait in the listen backlog, and are
-reset when the last worker closes the socket. A worker that stops takes those first.
+reset when the last worker closes the socket. A worker that stops takes those first, and
+gives a new connection until the header timeout for its first request.
 """
 
 import asyncio
 import fcntl
 import functools
+import json
 import logging
 import os
 import signal
@@ -73,7 +75,7 @@ class RequestLimits:
     def head_size(self) -> int:
         """Bytes a whole head may take, checked as it arrives: the parser hands over a
         header only once it is complete, so a single endless header line is bounded here."""
-        if not (self.line and self.field_size):
+        if not (self.line and self.fields and self.field_size):
             return 0
         return self.line + self.fields * (self.field_size + 2) + 2
 
@@ -100,6 +102,7 @@ class ServingProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[RequestLimits]
+    head_size: ClassVar[int]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,6 +118,7 @@ class ServingProtocol(HttpToolsProtocol):
     @classmethod
     def configure(cls, limits: RequestLimits) -> None:
         cls.limits = limits
+        cls.head_size = limits.head_size
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -128,7 +132,7 @@ class ServingProtocol(HttpToolsProtocol):
                 self.head_began = self.loop.time()
             self.head_bytes += len(data)
         super().data_received(data)
-        size = self.limits.head_size
+        size = self.head_size
         reading_head = self.head_began is not None and not self.refused
         if size and self.head_bytes > size and reading_head and not self.transport.is_closing():
             self.refuse(Refused(431, "head_too_large", f"a request head over {size} bytes"))
@@ -151,6 +155,9 @@ class ServingProtocol(HttpToolsProtocol):
             raise Refused(431, "header_too_large", f"a header line over {size} bytes")
 
     def on_headers_complete(self) -> None:
+        if self.draining and self.parser.should_upgrade():
+            # A WebSocket opened now would outlive the shutdown already under way.
+            raise Refused(503, "draining", "the server is restarting; connect again")
         super().on_headers_complete()
         self.head_began, self.head_bytes = None, 0
         self.reading_body, self.body_bytes, self.body_checked = True, 0, None
@@ -207,8 +214,10 @@ class ServingProtocol(HttpToolsProtocol):
                 else:  # nothing was asked: nothing to answer
                     count_refused("idle_timeout")
                     self.transport.close()
-        elif self.reading_body and not self.flow.read_paused:
-            if self.body_checked is None or self.body_checked[0] != self.body_bytes:
+        elif self.reading_body and self.cycle is not None:
+            if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+                self.body_checked = None  # the worker is not reading: not the client's stall
+            elif self.body_checked is None or self.body_checked[0] != self.body_bytes:
                 self.body_checked = (self.body_bytes, now)
             elif now - self.body_checked[1] > self.limits.body_timeout:
                 logger.warning("closed a connection: its body stalled")
@@ -221,7 +230,10 @@ class ServingProtocol(HttpToolsProtocol):
             return
         self.draining = True
         self._unset_keepalive_if_required()
-        self.loop.call_later(DRAIN_GRACE, self._close_if_still_idle, self.requests_begun)
+        if self.requests_begun:
+            self.loop.call_later(DRAIN_GRACE, self._close_if_still_idle, self.requests_begun)
+        # else a new connection, whose first request is on its way (a client connects to
+        # ask something): it has until the header timeout, as it would have had anyway.
 
     def _close_if_still_idle(self, requests_begun_at_shutdown: int) -> None:
         if self.requests_begun == requests_begun_at_shutdown and not self.transport.is_closing():
@@ -243,8 +255,32 @@ def serving_marker(metrics_dir: str, pid: int) -> Path:
 
 
 def replaced_workers(metrics_dir: str) -> Path:
-    """The file that lists, during a reload, the workers being replaced (gunicorn.conf.py)."""
-    return Path(metrics_dir) / "serving" / "replaced"
+    """The file that lists, during a reload, the workers being replaced and how many new
+    ones there will be (gunicorn.conf.py)."""
+    return Path(metrics_dir) / "serving" / "replaced.json"
+
+
+def write_replaced(path: Path, replaced: list[int], workers: int) -> None:
+    """Replace the file whole: a worker reading it meanwhile sees the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = path.with_suffix(".tmp")
+    written.write_text(json.dumps({"replaced": replaced, "workers": workers}))
+    os.replace(written, path)
+
+
+def read_replaced(path: Path) -> tuple[list[int], int]:
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        return [], 0
+    return content["replaced"], content["workers"]
+
+
+def forget_replaced(path: Path, pid: int) -> None:
+    """A replaced worker has exited: off the list (its pid may be reused)."""
+    replaced, workers = read_replaced(path)
+    if pid in replaced:
+        write_replaced(path, [other for other in replaced if other != pid], workers)
 
 
 class Turns:
@@ -259,16 +295,13 @@ class Turns:
         self.replaced = replaced_workers(metrics_dir)
 
     def being_replaced(self) -> bool:
-        try:
-            return str(os.getpid()) in self.replaced.read_text().split()
-        except FileNotFoundError:
-            return False
+        return os.getpid() in read_replaced(self.replaced)[0]
 
     def successors_serve(self) -> bool:
-        """Whether as many workers serve as there should be, none of them being replaced."""
-        replaced = set(self.replaced.read_text().split())
-        serving = [path.stem for path in self.directory.glob("*.serving")]
-        return sum(1 for pid in serving if pid not in replaced) >= self.workers
+        """Whether as many workers serve as the reload asked for, none of them replaced."""
+        replaced, workers = read_replaced(self.replaced)
+        serving = [int(path.stem) for path in self.directory.glob("*.serving")]
+        return sum(1 for pid in serving if pid not in replaced) >= workers
 
     def serving(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -312,10 +345,7 @@ class RecyclingServer(Server):
         if await super().on_tick(counter):
             return True
         if counter % 10 == 0:  # once a second
-            now = asyncio.get_running_loop().time()
-            for connection in list(self.server_state.connections):
-                if isinstance(connection, ServingProtocol):
-                    connection.enforce_deadlines(now)
+            self.enforce_deadlines()
         if self.leaving_for_successors and self.turns and self.turns.successors_serve():
             logger.info("the new workers serve; leaving")
             return True
@@ -329,13 +359,34 @@ class RecyclingServer(Server):
             logger.info("past max_requests; recycling once every other worker serves")
         return False
 
+    def enforce_deadlines(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for connection in list(self.server_state.connections):
+            if isinstance(connection, ServingProtocol):
+                try:
+                    connection.enforce_deadlines(now)
+                except Exception:  # one connection's trouble must not stop the worker
+                    logger.exception("could not enforce a connection's deadlines")
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self.take_waiting_connections(sockets or [])
-        await super().shutdown(sockets)
+        if self.should_exit:  # a stop: no other worker may be left to take the backlog
+            await self.take_waiting_connections(sockets or [])
+        # A head or body that stalls now must not hold the worker until graceful_timeout.
+        deadlines = asyncio.create_task(self.enforce_deadlines_every_second())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            deadlines.cancel()
+
+    async def enforce_deadlines_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.enforce_deadlines()
 
     async def take_waiting_connections(self, listeners: list[socket.socket]) -> None:
-        """Accept what waits in the listen backlog, to be answered (with `Connection:
-        close`) like the connections already open."""
+        """Accept what waits in the listen backlog (at most a backlog's worth: connections
+        go on arriving until the last worker closes the socket), to be answered with
+        `Connection: close` like the connections already open."""
         loop = asyncio.get_running_loop()
         protocol = functools.partial(
             ServingProtocol,  # the worker's (CONFIG_KWARGS)
@@ -344,12 +395,17 @@ class RecyclingServer(Server):
             app_state=self.lifespan.state,
         )
         for listener in listeners:
-            while True:
+            for _ in range(self.config.backlog):
                 try:
                     connection, _ = listener.accept()
                 except (BlockingIOError, InterruptedError):
                     break
-                await loop.connect_accepted_socket(protocol, connection)
+                except ConnectionAbortedError:  # that client gave up: take the next one
+                    continue
+                except OSError as error:  # out of file descriptors, say: stop as before
+                    logger.warning("could not take the waiting connections: %s", error)
+                    return
+                await loop.connect_accepted_socket(protocol, connection, ssl=self.config.ssl)
 
 
 class Worker(UvicornWorker):
