@@ -162,11 +162,19 @@ def test_answers_do_not_name_the_server(project: Project) -> None:
 
 
 @pytest.mark.parametrize("project", ["public_api"], indirect=True)
-def test_metrics_are_served_on_their_own_port_only(project: Project) -> None:
-    with project.serve(workers=1, **project.database(None)) as server:
-        on_the_service_port = httpx.get(f"{server.url}/metrics")
+def test_metrics_are_served_on_their_own_port_only_whatever_the_host(project: Project) -> None:
+    production = {
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": SECRET,
+        "ALLOWED_HOSTS": "api.example.com",
+        "DOCS_ENABLED": "true",
+    }
+    with project.serve(workers=1, **production, **project.database(None)) as server:
+        served = {"host": "api.example.com"}
+        on_the_service_port = httpx.get(f"{server.url}/metrics", headers=served)
+        # Prometheus addresses an instance by its IP, not by a name in ALLOWED_HOSTS.
         on_their_own = httpx.get(server.metrics_url)
-        schema = httpx.get(f"{server.url}/openapi.json").json()
+        schema = httpx.get(f"{server.url}/openapi.json", headers=served).json()
 
     assert on_the_service_port.status_code == 404
     assert on_their_own.status_code == 200
