@@ -78,7 +78,7 @@ limit_request_line = PROFILE.limit_request_line
 limit_request_fields = PROFILE.limit_request_fields
 limit_request_field_size = PROFILE.limit_request_field_size
 # Recycling replaces a worker only after it has exited: with a single worker nothing serves
-# while the new one imports the app (about a second; docs/performance.md), so it is off.
+# while the new one imports the app (docs/performance.md has the cost), so it is off.
 max_requests = PROFILE.max_requests if workers > 1 else 0
 max_requests_jitter = PROFILE.max_requests_jitter if workers > 1 else 0
 preload_app = settings.preload

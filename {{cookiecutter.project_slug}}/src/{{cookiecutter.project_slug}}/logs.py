@@ -83,8 +83,8 @@ class AccessLog:
     """One line per answered request, shaped as JsonFormatter's lines, written to stdout.
 
     The busiest log there is, so it bypasses `logging`: a record, a handler's lock, the
-    formatter and a flush took about 9 µs a line, most of what observing a request cost;
-    this takes about 2.5, and a turn's lines share their writes. The `access` logger stays
+    formatter and a flush per line were most of what observing a request cost (the figures
+    are in docs/performance.md); a turn's lines share their writes. The `access` logger stays
     its switch: LOG_LEVEL above info, or disabling that logger, turns it off. Call it from
     the event loop only.
     """

@@ -1,7 +1,7 @@
 """Work done once a turn of the event loop, for all the requests that turn served.
 
-Under load one turn of a worker's loop finishes dozens of requests (about 63 under 64
-connections, docs/performance.md). Their access lines and their durations are written
+Under load one turn of a worker's loop finishes dozens of requests (docs/performance.md
+has the figure). Their access lines and their durations are written
 once for all of them, as the turn ends, rather than once each: most of what keeps
 observing a request cheap.
 """

@@ -8,8 +8,8 @@ Here an idle connection is instead marked as draining: its next request is answe
 `Connection: close`, and it is closed only if it stays idle for a short grace period.
 
 Gunicorn starts a recycled worker's successor only once it has exited, and the successor
-needs about a second to import the app. Workers under even load reach `max_requests`
-together, so stock recycling can leave no worker serving (p99 of seconds in
+takes a while to import the app. Workers under even load reach `max_requests` together,
+so stock recycling can leave no worker serving (the latency it cost is in
 docs/performance.md). Here a worker past its limit leaves only while every other worker
 serves (`Turns`), and goes on serving until then.
 
