@@ -257,15 +257,22 @@ def test_a_failing_job_and_a_job_past_its_time_limit_are_recorded_and_the_worker
     assert_result(next_job, after_expected)
 
 
+def on_a_private_redis(
+    project: Project, postgres_url: str, port: int, **settings: str
+) -> dict[str, str]:
+    """The service's settings for a fresh database and a Redis broker on `port`."""
+    return {
+        **project.database(postgres_url),
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        **settings,
+    }
+
+
 def test_jobs_whose_messages_a_restarted_broker_lost_are_queued_again_and_finish(
     project: Project, postgres_url: str, summary: Callable[[str], None]
 ) -> None:
     port = free_port()
-    env = {
-        **project.database(postgres_url),
-        "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
-        **SWEEPING,
-    }
+    env = on_a_private_redis(project, postgres_url, port, **SWEEPING)
     files = [csv_file(rows=500, seed=n) for n in range(20)]
 
     with project.serve(workers=2, **env) as server:
@@ -308,11 +315,7 @@ def test_a_hung_broker_gets_a_quick_503_with_retry_after_and_leaves_no_job(
     project: Project, postgres_url: str, summary: Callable[[str], None]
 ) -> None:
     port = free_port()
-    env = {
-        **project.database(postgres_url),
-        "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
-        "JOB_PUBLISH_TIMEOUT": "1",
-    }
+    env = on_a_private_redis(project, postgres_url, port, JOB_PUBLISH_TIMEOUT="1")
     data, _ = csv_file(rows=100, seed=1)
 
     with private_redis(port) as redis, project.serve(workers=2, **env) as server:

@@ -43,6 +43,25 @@ def documented(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: TOO_LARGE if code == 413 else {"model": Problem} for code in status_codes}
 
 
+class Unavailable(HTTPException):
+    """A 503 with Retry-After: the request was fine, something it needs is not there now."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail, {"retry-after": str(retry_after)}
+        )
+
+
+def unavailable(detail: str) -> Response:
+    """`Unavailable`'s answer, for where no exception handler runs (middleware, handlers)."""
+    return Response(
+        Problem(detail=detail).model_dump_json(),
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"retry-after": "1"},
+        media_type="application/json",
+    )
+
+
 # A 422 names this many errors, the first ones, and quotes at most this many characters of
 # the input each: its size and the time to build it stay bounded whatever the body was.
 ERRORS_NAMED = 10
@@ -141,11 +160,5 @@ async def database_unavailable(_request: Request, error: Exception) -> Response:
     there; any other database error goes on to be the 500 (or whatever) it was."""
     if not is_unavailable(error):
         raise error
-    body = Problem(detail="the database is unavailable; try again shortly").model_dump_json()
-    return Response(
-        body,
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"retry-after": "1"},
-        media_type="application/json",
-    )
+    return unavailable("the database is unavailable; try again shortly")
 {%- endif %}

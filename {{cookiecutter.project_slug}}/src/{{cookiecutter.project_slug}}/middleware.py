@@ -12,10 +12,9 @@ import time
 from collections.abc import Awaitable
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Problem
+from .errors import unavailable
 from .logs import AccessLog, request_id
 from .metrics import RequestMetrics
 
@@ -83,12 +82,7 @@ class RequestObserver:
 
 
 NEVER_SHED = ("/health/", "/metrics")
-_OVERLOADED = Response(
-    Problem(detail="the service is at capacity; try again shortly").model_dump_json(),
-    503,
-    headers={"retry-after": "1"},
-    media_type="application/json",
-)
+_OVERLOADED = unavailable("the service is at capacity; try again shortly")
 
 
 def _request_id(scope: Scope) -> str:

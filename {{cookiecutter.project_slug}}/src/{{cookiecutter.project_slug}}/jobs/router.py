@@ -3,12 +3,12 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import APIRouter, File, Request, Response, UploadFile, status
-from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.exceptions import RequestValidationError
 from kombu.exceptions import OperationalError
 
 from ..blocking import call_blocking
 from ..db import SessionDep
-from ..errors import documented
+from ..errors import Unavailable, documented
 from . import broker, csvstats, service
 from .models import FILENAME_MAX_LENGTH
 from .schemas import JobAccepted, JobOut
@@ -41,11 +41,7 @@ async def submit_job(
         await call_blocking(broker.enqueue, celery, job.id)
     except OperationalError:
         await service.delete_job(session, job.id)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "the job queue is unavailable; try again shortly",
-            headers={"retry-after": "5"},
-        ) from None
+        raise Unavailable("the job queue is unavailable; try again shortly", 5) from None
     status_url = str(request.url_for("get_job", job_id=job.id))
     response.headers["location"] = status_url
     return JobAccepted(id=job.id, status=job.status, status_url=status_url)

@@ -5,11 +5,11 @@ import logging
 import os
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, status
+from fastapi import APIRouter, Depends, Request, WebSocket, status
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
-from ..errors import documented
+from ..errors import Unavailable, documented
 from ..settings import Settings
 from .fanout import Client, Fanout, Rooms, RoomsUnavailable
 from .schemas import HTTP_SENDER, Hello, Message, MessageIn, Problem, RoomName
@@ -63,9 +63,7 @@ async def publish(room: RoomName, body: MessageIn, fanout: FanoutDep) -> Message
     try:
         await fanout.publish(room, message.model_dump_json())
     except RoomsUnavailable:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE, headers={"retry-after": "1"}
-        ) from None
+        raise Unavailable(UNAVAILABLE) from None
     return message
 
 
