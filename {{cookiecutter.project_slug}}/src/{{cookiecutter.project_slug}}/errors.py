@@ -34,6 +34,17 @@ TOO_LARGE = {
 }
 
 
+# Any request may be refused by the worker before it is routed (worker.py): documented on
+# every operation, since any of them may answer so.
+HEAD_REFUSED: dict[int | str, dict[str, Any]] = {
+    code: {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+    for code, description in (
+        (414, "Request line longer than limit_request_line"),
+        (431, "Request headers over limit_request_fields or limit_request_field_size"),
+    )
+}
+
+
 def documented(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route that may answer with these error codes.
 

@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
         },
         max_body_size=settings.max_body_size,
+        responses=errors.HEAD_REFUSED,
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
