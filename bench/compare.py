@@ -296,10 +296,10 @@ def seed(workers: int) -> Server:
 def log_config_file() -> Path:
     """The service's logging set-up as a file, for servers other than Gunicorn (which
     gets it from gunicorn.conf.py): every server logs each request alike."""
-    from my_service.logs import logging_config
+    from my_service.serving.logs import logging_config
 
     config = logging_config("info")
-    config["formatters"]["json"]["()"] = "my_service.logs.JsonFormatter"
+    config["formatters"]["json"]["()"] = "my_service.serving.logs.JsonFormatter"
     path = RESULTS / "logging.json"
     path.write_text(json.dumps(config))
     return path

@@ -18,7 +18,7 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp())
 os.environ["LOG_LEVEL"] = "info"
 
 # Imported after the environment above, which the app reads when it is created.
-from my_service.logs import logging_config
+from my_service.serving.logs import logging_config
 
 from bench import apps
 

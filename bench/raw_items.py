@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import FastAPI, HTTPException, Path, Request
 from my_service.items.schemas import MAX_ID, ItemOut
-from my_service.middleware import RequestObserver
+from my_service.serving.middleware import RequestObserver
 
 QUERY = "SELECT id, name, description, price_cents, created_at, updated_at FROM items WHERE id = $1"
 

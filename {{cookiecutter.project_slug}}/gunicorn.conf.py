@@ -19,25 +19,25 @@ from pathlib import Path
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
-from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
-{%- if cookiecutter.scenario == "ml_inference" %}
+{% if cookiecutter.scenario == "ml_inference" -%}
 from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, check_model_files
-{%- endif %}
-from {{ cookiecutter.project_slug }}.logs import logging_config
+{% endif -%}
 from {{ cookiecutter.project_slug }}.profile import PROFILE
-from {{ cookiecutter.project_slug }}.settings import get_settings
-from {{ cookiecutter.project_slug }}.worker import (
+from {{ cookiecutter.project_slug }}.serving.cpu import effective_cpu_count
+from {{ cookiecutter.project_slug }}.serving.gunicorn_worker import (
     forget_replaced,
     replaced_workers,
     serving_marker,
     write_replaced,
 )
+from {{ cookiecutter.project_slug }}.serving.logs import logging_config
+from {{ cookiecutter.project_slug }}.settings import get_settings
 
 settings = get_settings()  # exits with one readable line if the configuration is wrong
 cpus = effective_cpu_count()
 
 wsgi_app = "{{ cookiecutter.project_slug }}.main:create_app()"
-# Uvicorn's worker, with keep-alive connections that drain on reload (worker.py).
+# Uvicorn's worker, with keep-alive connections that drain on reload (serving/).
 worker_class = settings.worker_class
 if settings.web_concurrency:
     workers = settings.web_concurrency
@@ -64,7 +64,7 @@ os.environ["SERVICE_WORKERS"] = str(workers)
 get_settings.cache_clear()
 {%- endif %}
 default_host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
-# The service, and beside it the listener that alone serves /metrics (metrics.py).
+# The service, and beside it the listener that alone serves /metrics (serving/metrics.py).
 bind = [
     settings.bind or f"{default_host}:{settings.port}",
     f"{default_host}:{settings.metrics_port}",
@@ -73,7 +73,7 @@ bind = [
 timeout = PROFILE.timeout
 graceful_timeout = PROFILE.graceful_timeout
 keepalive = PROFILE.keepalive
-# Enforced by the project's worker (worker.py) as Gunicorn's sync workers do: 414 and 431.
+# Enforced by the project's worker (serving/) as Gunicorn's sync workers do: 414 and 431.
 limit_request_line = PROFILE.limit_request_line
 limit_request_fields = PROFILE.limit_request_fields
 limit_request_field_size = PROFILE.limit_request_field_size
@@ -110,7 +110,7 @@ logconfig_dict = logging_config(loglevel)
 
 # Metrics from every worker go to files in one directory, summed by /metrics. It must be
 # known before the workers import prometheus_client, and survive reloads: set it once.
-# The workers' recycling turns live in it too (worker.py).
+# The workers' recycling turns live in it too (serving/gunicorn_worker.py).
 os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR",
     os.path.join(
@@ -129,7 +129,8 @@ def on_starting(server: Arbiter) -> None:
 
 def on_reload(server: Arbiter) -> None:
     """The workers running now are about to be replaced: each stays until the new ones
-    serve (worker.py), so that a reload never leaves the service without a worker."""
+    serve (serving/gunicorn_worker.py), so that a reload never leaves the service without a
+    worker."""
     write_replaced(replaced_workers(str(metrics_dir)), list(server.WORKERS), server.num_workers)
 
 
@@ -143,7 +144,7 @@ def pre_fork(server: Arbiter, worker: Worker) -> None:
 
 def child_exit(server: Arbiter, worker: Worker) -> None:
     """A dead worker's gauges go; its counters stay, so totals never go backwards. It no
-    longer serves, whatever way it died (worker.py's recycling turns)."""
+    longer serves, whatever way it died (serving/gunicorn_worker.py's recycling turns)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

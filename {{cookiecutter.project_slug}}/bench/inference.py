@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import ENV, PROJECT, free_port, wait_until_answering, wrk, wrk_path
-from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
+from {{ cookiecutter.project_slug }}.serving.cpu import effective_cpu_count
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", max(2, effective_cpu_count().count)))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bench.harness import ENV, PROJECT, gunicorn, wrk, wrk_path
-from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
+from {{ cookiecutter.project_slug }}.serving.cpu import effective_cpu_count
 
 JOBS = int(os.environ.get("BENCH_JOBS", "16"))
 ROWS = int(os.environ.get("BENCH_ROWS", "200000"))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from {{ cookiecutter.project_slug }}.cpu import effective_cpu_count
+from {{ cookiecutter.project_slug }}.serving.cpu import effective_cpu_count
 
 from .test_gunicorn_conf import clean_env
 

@@ -46,7 +46,7 @@ def resolved_config(**env: str) -> dict[str, object]:
 def test_config_serves_the_app_with_uvicorn_workers() -> None:
     config = resolved_config()
 
-    assert config["worker_class"] == "{{ cookiecutter.project_slug }}.worker.Worker"
+    assert config["worker_class"] == "{{ cookiecutter.project_slug }}.serving.gunicorn_worker.Worker"
     assert config["wsgi_app"] == "{{ cookiecutter.project_slug }}.main:create_app()"
     for key in ("workers", "bind", "timeout", "graceful_timeout", "keepalive", "max_requests"):
         assert key in config

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from {{ cookiecutter.project_slug }}.logs import AccessLog, JsonFormatter
+from {{ cookiecutter.project_slug }}.serving.logs import AccessLog, JsonFormatter
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from starlette.types import Message, Receive, Scope, Send
 
-from {{ cookiecutter.project_slug }}.metrics import Durations
-from {{ cookiecutter.project_slug }}.middleware import RequestObserver
+from {{ cookiecutter.project_slug }}.serving.metrics import Durations
+from {{ cookiecutter.project_slug }}.serving.middleware import RequestObserver
 
 pytestmark = pytest.mark.anyio
 

@@ -34,7 +34,7 @@ TOO_LARGE = {
 }
 
 
-# Any request may be refused by the worker before it is routed (worker.py): documented on
+# Any request may be refused by the worker before it is routed (serving/): documented on
 # every operation, since any of them may answer so.
 HEAD_REFUSED: dict[int | str, dict[str, Any]] = {
     code: {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 from starlette.middleware.cors import CORSMiddleware
 
-from . import blocking, {% if cookiecutter.database != "none" %}db, {% endif %}errors, health, metrics
+from . import blocking, {% if cookiecutter.database != "none" %}db, {% endif %}errors, health
 {%- if cookiecutter.scenario == "ml_inference" %}
 from .inference.metadata import ModelError, read_metadata
 from .inference.model import ModelSlot, load_model
@@ -26,12 +26,13 @@ from .items.router import router as items_router
 from .jobs import broker
 from .jobs.router import router as jobs_router
 {%- endif %}
-from .middleware import RequestObserver, TrustedHosts
 from .profile import PROFILE
 {%- if cookiecutter.scenario == "websocket" %}
 from .rooms.fanout import Rooms, create_fanout
 from .rooms.router import router as rooms_router
 {%- endif %}
+from .serving import metrics
+from .serving.middleware import RequestObserver, TrustedHosts
 from .settings import Settings, get_settings
 
 

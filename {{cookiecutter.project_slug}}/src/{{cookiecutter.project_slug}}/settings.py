@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     bind: str | None = None
     forwarded_allow_ips: str = PROFILE.forwarded_allow_ips
     # The project's Uvicorn worker, or Gunicorn's own "asgi" worker.
-    worker_class: str = f"{__package__}.worker.Worker"
+    worker_class: str = f"{__package__}.serving.gunicorn_worker.Worker"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 {%- if cookiecutter.scenario == "websocket" or cookiecutter.use_celery == "yes" %}
     # Every Redis key and channel of this service starts with it, so that services (or two

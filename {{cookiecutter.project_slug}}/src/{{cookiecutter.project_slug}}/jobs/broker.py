@@ -12,8 +12,8 @@ from celery import Celery
 from kombu import Queue
 from kombu.exceptions import ChannelError
 
-from ..cpu import effective_cpu_count
 from ..profile import PROFILE
+from ..serving.cpu import effective_cpu_count
 from ..settings import Settings
 
 AGGREGATE_CSV = "jobs.aggregate_csv"

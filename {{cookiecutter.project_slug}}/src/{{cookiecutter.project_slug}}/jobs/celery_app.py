@@ -17,8 +17,8 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import db
-from ..logs import logging_config
 from ..profile import PROFILE
+from ..serving.logs import logging_config
 from ..settings import get_settings
 from . import csvstats, service
 from .broker import AGGREGATE_CSV, create_celery, warn_if_not_durable

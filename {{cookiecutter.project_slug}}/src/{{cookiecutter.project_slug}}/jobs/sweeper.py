@@ -22,8 +22,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..blocking import call_blocking
-from ..metrics import JOBS_SWEPT
 from ..profile import PROFILE
+from ..serving.metrics import JOBS_SWEPT
 from ..settings import Settings
 from . import broker, service
 

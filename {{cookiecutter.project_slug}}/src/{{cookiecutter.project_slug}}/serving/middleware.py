@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import unavailable
+from ..errors import unavailable
 from .logs import AccessLog, request_id
 from .metrics import RequestMetrics
 

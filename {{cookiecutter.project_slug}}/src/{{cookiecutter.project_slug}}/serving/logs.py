@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
-from .turn import EndOfTurn
+from .turns import EndOfTurn
 
 # Set by RequestObserver for the duration of each request.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)

@@ -44,9 +44,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 {% if cookiecutter.scenario == "websocket" -%}
-from .rooms import protocol as rooms_protocol
+from ..rooms import protocol as rooms_protocol
 {% endif -%}
-from .settings import get_settings
+from ..settings import get_settings
 
 logger = logging.getLogger("uvicorn.error")
 

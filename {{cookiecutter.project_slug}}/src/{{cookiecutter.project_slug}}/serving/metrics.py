@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .turn import EndOfTurn
+from .turns import EndOfTurn
 
 
 class Durations(Histogram):
@@ -91,7 +91,7 @@ class RequestMetrics:
 
     An answer is counted by itself, as it starts: a client never holds an uncounted answer,
     even from a worker killed the next instant. The durations and the in-progress gauge are
-    written once a turn of the event loop (turn.py): written per request, they were over
+    written once a turn of the event loop (turns.py): written per request, they were over
     half of what observing a request cost (docs/performance.md). A scrape sees the gauge as
     the last turn left it; a worker killed mid-turn loses that turn's durations, as it loses
     its access lines. Call it from the event loop only.

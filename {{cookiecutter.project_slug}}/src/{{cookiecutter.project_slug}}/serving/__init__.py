@@ -1,0 +1,1 @@
+"""Serving: how this service runs as processes (placeholder docstring, replaced below)."""
