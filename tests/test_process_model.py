@@ -150,7 +150,8 @@ def test_master_wipes_metrics_left_by_an_earlier_run(project: Project, tmp_path:
     stale = project.run(
         "python",
         "-c",
-        "from my_service.serving.metrics import REQUESTS; REQUESTS.labels('GET', '/items', 200).inc(5)",
+        "from my_service.serving.metrics import REQUESTS\n"
+        "REQUESTS.labels('GET', '/items', 200).inc(5)",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
     )
     assert stale.returncode == 0, stale.stderr

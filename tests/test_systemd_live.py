@@ -232,7 +232,7 @@ def test_api_serves_with_a_worker_per_cpu_and_metrics_in_its_runtime_directory(
     files = host.run("ls", f"/run/{host.name}/metrics").stdout.split()
 
     def serving() -> set[int]:
-        """Workers that marked themselves serving, for the recycling turns (serving/gunicorn_worker.py)."""
+        """Workers that marked themselves serving, for the recycling turns (serving/)."""
         files = host.run("ls", f"/run/{host.name}/metrics/serving").stdout.split()
         return {int(file.removesuffix(".serving")) for file in files if file.endswith(".serving")}
 
