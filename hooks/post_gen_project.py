@@ -1,6 +1,6 @@
 """Shape the baked project to the answers: choose the scenario's profile, prune the rest.
 
-What belongs to which answer is data, in MANIFEST below; nothing else here decides.
+What belongs to which feature is data, in MANIFEST below; nothing else here decides.
 """
 
 import shutil
@@ -8,77 +8,75 @@ from pathlib import Path
 
 SLUG = "{{ cookiecutter.project_slug }}"
 NAME = "{{ cookiecutter.__service_name }}"
-ANSWERS = {
-    "scenario": "{{ cookiecutter.scenario }}",
-    "use_celery": "{{ cookiecutter.use_celery }}",
-    "database": "{{ cookiecutter.database }}",
-    "kubernetes": "{{ cookiecutter.kubernetes }}",
-}
+SCENARIO = "{{ cookiecutter.scenario }}"
+# The features this project has, as cookiecutter.json derives them from the answers.
+FEATURE_NAMES = "{{ cookiecutter.__features }}"
+FEATURES = set(FEATURE_NAMES.split())
 PACKAGE = Path("src") / SLUG
 
-# path (relative to the project) -> the answers under which it is kept; a file comes
-# before the folder that holds it
-MANIFEST: dict[Path, dict[str, set[str]]] = {
-    # JSON request bodies: items, predictions and room messages; batch takes only uploads.
-    PACKAGE / "bodies.py": {
-        "scenario": {"public_api", "microservice", "ml_inference", "websocket"}
-    },
-    PACKAGE / "items": {"scenario": {"public_api", "microservice"}},
-    Path("tests/test_items.py"): {"scenario": {"public_api", "microservice"}},
-    PACKAGE / "inference": {"scenario": {"ml_inference"}},
-    Path("tests/test_inference.py"): {"scenario": {"ml_inference"}},
-    Path("bench/inference.py"): {"scenario": {"ml_inference"}},
-    PACKAGE / "rooms": {"scenario": {"websocket"}},
-    Path("tests/test_rooms.py"): {"scenario": {"websocket"}},
-    Path("bench/fanout.py"): {"scenario": {"websocket"}},
-    PACKAGE / "db.py": {"database": {"postgresql"}},
-    Path("tests/test_database.py"): {"database": {"postgresql"}},
-    Path("migrations"): {"database": {"postgresql"}},
-    Path("alembic.ini"): {"database": {"postgresql"}},
-    PACKAGE / "jobs": {"use_celery": {"yes"}},
-    Path("tests/test_jobs.py"): {"use_celery": {"yes"}},
-    Path("examples"): {"use_celery": {"yes"}},
-    Path("bench/jobs.py"): {"use_celery": {"yes"}},
-    Path(f"deploy/systemd/{NAME}-worker.service"): {"use_celery": {"yes"}},
-    Path("deploy/k8s/worker.yaml"): {"use_celery": {"yes"}},
-    Path("deploy/k8s/jobs"): {"database": {"postgresql"}},
-    Path("deploy/k8s"): {"kubernetes": {"yes"}},
+# path (relative to the project) -> the feature it belongs to; a file comes before the
+# folder that holds it
+MANIFEST: dict[Path, str] = {
+    # JSON request bodies: items, predictions and room messages; jobs take only uploads.
+    PACKAGE / "bodies.py": "json_bodies",
+    PACKAGE / "items": "items",
+    Path("tests/test_items.py"): "items",
+    PACKAGE / "inference": "inference",
+    Path("tests/test_inference.py"): "inference",
+    Path("tests/fixtures/inference.py"): "inference",
+    Path("bench/inference.py"): "inference",
+    PACKAGE / "rooms": "rooms",
+    Path("tests/test_rooms.py"): "rooms",
+    Path("tests/fixtures/rooms.py"): "rooms",
+    Path("bench/fanout.py"): "rooms",
+    PACKAGE / "db.py": "database",
+    Path("tests/test_database.py"): "database",
+    Path("tests/fixtures/database.py"): "database",
+    Path("migrations"): "database",
+    Path("alembic.ini"): "database",
+    PACKAGE / "jobs": "jobs",
+    Path("tests/test_jobs.py"): "jobs",
+    Path("tests/fixtures/jobs.py"): "jobs",
+    Path("examples"): "jobs",
+    Path("bench/jobs.py"): "jobs",
+    Path(f"deploy/systemd/{NAME}-worker.service"): "jobs",
+    Path("deploy/k8s/worker.yaml"): "jobs",
+    Path("deploy/k8s/jobs"): "database",
+    Path("deploy/k8s"): "kubernetes",
 }
-
-
-def keep(conditions: dict[str, set[str]]) -> bool:
-    return all(ANSWERS[option] in values for option, values in conditions.items())
 
 
 def prune() -> None:
-    for path, conditions in MANIFEST.items():
-        if not keep(conditions):
+    for path, feature in MANIFEST.items():
+        if feature not in FEATURES and path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def choose_profile() -> None:
     """The scenario's profile becomes the project's only profile."""
     profiles = PACKAGE / "profiles"
-    (profiles / f"{ANSWERS['scenario']}.toml").rename(PACKAGE / "profile.toml")
+    (profiles / f"{SCENARIO}.toml").rename(PACKAGE / "profile.toml")
     shutil.rmtree(profiles)
 
 
 def next_steps() -> str:
-    serve = {
-        "ml_inference": "install, train the model and serve",
-        "websocket": "install and serve",
-    }.get(ANSWERS["scenario"], "install, migrate and serve")
+    if "inference" in FEATURES:
+        serve = "install, train the model and serve"
+    elif "database" in FEATURES:
+        serve = "install, migrate and serve"
+    else:
+        serve = "install and serve"
     test = "  make test    # its test suite"
-    if ANSWERS["database"] != "none":
+    if "database" in FEATURES:
         test += "; DATABASE_URL=postgresql+asyncpg://... runs it on PostgreSQL"
     lines = [
-        f"{SLUG} is ready ({ANSWERS['scenario']}).",
+        f"{SLUG} is ready ({SCENARIO}).",
         "",
         f"  cd {SLUG}",
         f"  make run     # {serve} under Gunicorn on http://127.0.0.1:8000",
         test,
     ]
-    if ANSWERS["use_celery"] == "yes":
+    if "jobs" in FEATURES:
         lines.append("  make worker  # a Celery worker alone (make run starts one beside Gunicorn)")
     return "\n".join(["", *lines, ""])
 

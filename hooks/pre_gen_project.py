@@ -5,6 +5,7 @@ The rules are one pure function, problems(); only running this file as the hook 
 them, so tests import it and call problems() with answers of their own.
 """
 
+import json
 import keyword
 import re
 import sys
@@ -18,16 +19,12 @@ ANSWERS = {
     "database": "{{ cookiecutter.database }}",
     "kubernetes": "{{ cookiecutter.kubernetes }}",
     "service_name": "{{ cookiecutter.__service_name }}",
+    # What each scenario serves and whether it keeps data: cookiecutter.json's table.
+    "scenarios": """{{ cookiecutter._scenarios | tojson }}""",
 }
 
 # Cookiecutter itself refuses answers outside a choice list; these are the rules it cannot
 # know: what a name may be, and which answers go together.
-SCENARIOS_WITH_ITEMS = ("public_api", "microservice")
-# Scenarios that have no database, and what they do instead.
-SCENARIOS_WITHOUT_DATA = {
-    "ml_inference": "serves a model",
-    "websocket": "relays messages between connected clients",
-}
 # The name of the image, the Kubernetes objects and the systemd units: a DNS label (RFC 1035).
 SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 YES_NO = ("yes", "no")
@@ -100,12 +97,13 @@ def problems(answers: dict[str, str]) -> list[str]:
     for option in ("use_celery", "kubernetes"):
         if answers[option] not in YES_NO:
             found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
-    if scenario == "batch" and answers["use_celery"] == "no":
-        found.append("scenario 'batch' runs its jobs on Celery: answer use_celery=yes.")
-    if scenario in SCENARIOS_WITHOUT_DATA:
+    profile = json.loads(answers["scenarios"])[scenario]
+    if profile["serves"] == "jobs" and answers["use_celery"] == "no":
+        found.append(f"scenario {scenario!r} runs its jobs on Celery: answer use_celery=yes.")
+    if profile["database"] == "refused":
         if answers["database"] != "none":
             found.append(
-                f"scenario {scenario!r} {SCENARIOS_WITHOUT_DATA[scenario]} and keeps no data: "
+                f"scenario {scenario!r} {profile['does']} and keeps no data: "
                 "answer database=none (its default)."
             )
         elif answers["use_celery"] == "yes":
@@ -113,10 +111,9 @@ def problems(answers: dict[str, str]) -> list[str]:
                 f"scenario {scenario!r} keeps no data, and Celery jobs live in a database "
                 "table: answer use_celery=no."
             )
-    elif answers["database"] == "none" and scenario in SCENARIOS_WITH_ITEMS:
+    elif answers["database"] == "none" and profile["serves"] != "jobs":
         found.append(
-            f"scenario {scenario!r} stores its /items resource in a database: "
-            "answer database=postgresql."
+            f"scenario {scenario!r} {profile['does']} in a database: answer database=postgresql."
         )
     elif answers["database"] == "none" and answers["use_celery"] == "yes":
         found.append(

@@ -1,6 +1,7 @@
 """A baked project, and a real Gunicorn serving it."""
 
 import fcntl
+import functools
 import json
 import os
 import random
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cookiecutter.generate import generate_context
+from cookiecutter.prompt import prompt_for_config
 
 from .services import redis_prefix, worker_name
 from .waiting import TimedOut, wait_until
@@ -67,15 +70,35 @@ def venv_for(interpreter: str) -> Path:
     return venv
 
 
+@functools.cache
+def _features(answers: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    context = generate_context(TEMPLATE / "cookiecutter.json", extra_context=dict(answers))
+    return frozenset(prompt_for_config(context, no_input=True)["__features"].split())
+
+
+def features_of(answers: dict[str, str]) -> frozenset[str]:
+    """The features cookiecutter.json derives from these answers (database, items, jobs,
+    rooms, redis, ...): what the template's tests ask about, as its own templates do."""
+    return _features(tuple(sorted(answers.items())))
+
+
 @dataclass
 class Project:
     path: Path
-    scenario: str
+    answers: dict[str, str]
     venv: Path
 
     @property
+    def scenario(self) -> str:
+        return self.answers["scenario"]
+
+    @property
+    def features(self) -> frozenset[str]:
+        return features_of(self.answers)
+
+    @property
     def has_database(self) -> bool:
-        return (self.path / "alembic.ini").exists()
+        return "database" in self.features
 
     @property
     def env(self) -> dict[str, str]:

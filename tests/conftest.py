@@ -8,6 +8,7 @@ RabbitMQ vhosts on the shared servers (tests/services.py) and removes them when 
 """
 
 import functools
+import json
 import os
 import shutil
 import socket
@@ -20,18 +21,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from . import services
-from .baked import TEMPLATE, Project, find_interpreter, venv_for
+from .baked import TEMPLATE, Project, features_of, find_interpreter, venv_for
 
-# use_celery is left to its default, which follows the scenario (yes for batch).
-DEFAULTS = {"database": "postgresql", "kubernetes": "no"}
-SCENARIOS = ("public_api", "microservice", "ml_inference", "websocket", "batch")
-# Answers a scenario needs that differ from DEFAULTS.
-SCENARIO_ANSWERS = {"ml_inference": {"database": "none"}, "websocket": {"database": "none"}}
+# The scenarios, as cookiecutter.json offers them. Every other answer is left to its
+# default, which follows the scenario there (database, use_celery).
+SCENARIOS = tuple(json.loads((TEMPLATE / "cookiecutter.json").read_text())["scenario"])
 # Bakes that, together, depend on every package any supported bake depends on.
 EVERY_DEPENDENCY = (
-    {**DEFAULTS, "scenario": "public_api", "use_celery": "yes"},
-    {**DEFAULTS, **SCENARIO_ANSWERS["ml_inference"], "scenario": "ml_inference"},
-    {**DEFAULTS, **SCENARIO_ANSWERS["websocket"], "scenario": "websocket"},
+    {"scenario": "public_api", "use_celery": "yes", "kubernetes": "no"},
+    {"scenario": "ml_inference", "kubernetes": "no"},
+    {"scenario": "websocket", "kubernetes": "no"},
 )
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Lines the run prints at its end: figures a reader of CI's log wants to see.
@@ -39,10 +38,10 @@ SUMMARY: list[str] = []
 
 
 def answers_for(scenario: str) -> dict[str, str]:
-    return {**DEFAULTS, "scenario": scenario, **SCENARIO_ANSWERS.get(scenario, {})}
+    return {"scenario": scenario, "kubernetes": "no"}
 
 
-SCENARIOS_WITH_DATABASE = tuple(s for s in SCENARIOS if answers_for(s)["database"] != "none")
+SCENARIOS_WITH_DATABASE = tuple(s for s in SCENARIOS if "database" in features_of(answers_for(s)))
 
 
 def supported_combinations() -> list[dict[str, str]]:
@@ -213,7 +212,7 @@ def installed_venv(cookies_session: object, baked_venv: Path) -> Path:
     """The shared environment, with every generated service's dependencies installed."""
     for answers in EVERY_DEPENDENCY:
         path = bake_path(cookies_session, answers)
-        Project(path, answers["scenario"], baked_venv).make("install")
+        Project(path, answers, baked_venv).make("install")
     return baked_venv
 
 
@@ -227,7 +226,7 @@ def bake(cookies_session: object, baked_venv: Path) -> Callable[[dict[str, str]]
         key = tuple(sorted(answers.items()))
         if key not in bakes:
             path = bake_path(cookies_session, answers)
-            bakes[key] = Project(path, answers["scenario"], baked_venv)
+            bakes[key] = Project(path, answers, baked_venv)
         return bakes[key]
 
     return bake_once
@@ -240,9 +239,9 @@ def scenario_bakes(cookies_session: object, baked_venv: Path) -> Callable[[str],
     @functools.cache
     def bake_scenario(scenario: str) -> Project:
         path = bake_path(cookies_session, answers_for(scenario))
-        baked = Project(path, scenario=scenario, venv=baked_venv)
+        baked = Project(path, answers_for(scenario), baked_venv)
         baked.make("install")
-        if scenario == "ml_inference":
+        if "inference" in baked.features:
             baked.make("model")
         return baked
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .baked import Project
+from .baked import Project, features_of
 from .conftest import deployment_combinations, require_tool, supported_combinations
 
 # The oldest Kubernetes the manifests support (the preStop sleep action), and the newest
@@ -52,20 +52,20 @@ class Bake:
 
     @property
     def celery(self) -> bool:
-        return with_celery(self.answers)
+        return "jobs" in self.project.features
 
     @property
     def database(self) -> bool:
-        return self.answers["database"] == "postgresql"
+        return "database" in self.project.features
 
     @property
     def rooms(self) -> bool:
         """WebSocket rooms, which span workers and instances through Redis."""
-        return self.answers["scenario"] == "websocket"
+        return "rooms" in self.project.features
 
     @property
     def redis(self) -> bool:
-        return self.celery or self.rooms
+        return "redis" in self.project.features
 
     def read(self, relative: str) -> str:
         return (self.path / relative).read_text()
@@ -83,8 +83,7 @@ def ids(answers: dict[str, str]) -> str:
 
 
 def with_celery(answers: dict[str, str]) -> bool:
-    # use_celery defaults to yes for the batch scenario, and may be left to its default.
-    return answers.get("use_celery", "yes" if answers["scenario"] == "batch" else "no") == "yes"
+    return "jobs" in features_of(answers)
 
 
 def tiered(combinations: list[dict[str, str]]) -> list[Any]:
@@ -186,7 +185,7 @@ def test_image_runs_gunicorn_as_pid_1_unprivileged_without_build_tools(baked: Ba
     assert any(line.startswith("HEALTHCHECK") for line in final_stage)
     assert "/health/live" in baked.read("Dockerfile")
     assert not [line for line in final_stage if re.search(r"\b(uv|gcc|build-essential)\b", line)]
-    if baked.answers["scenario"] == "ml_inference":  # the model is trained in the build stage
+    if "inference" in baked.project.features:  # the model is trained in the build stage
         assert "COPY --from=build /build/models ./models" in final_stage
 
 

@@ -28,7 +28,7 @@ def test_a_bake_for_each_python_passes_its_own_tests_and_lint(
     version: str, bake: Callable[[dict[str, str]], Path]
 ) -> None:
     baked = bake({**WIDEST, "python_version": version})
-    project = Project(baked, WIDEST["scenario"], venv_for(require_python(version)))
+    project = Project(baked, WIDEST, venv_for(require_python(version)))
 
     tested = project.make("test")
     linted = project.make("lint")

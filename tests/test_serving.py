@@ -51,8 +51,9 @@ def submit_job(project: Project, server: Server) -> str:
     return urlsplit(submitted.json()["status_url"]).path
 
 
-# Per scenario: create one of its resources over HTTP; the path that reads it back.
-CREATE_RESOURCE = {"public_api": create_item, "microservice": create_item, "batch": submit_job}
+# Per feature that stores something: create one of its resources over HTTP; the path that
+# reads it back.
+CREATE_RESOURCE = {"items": create_item, "jobs": submit_job}
 
 
 @on_a_database
@@ -64,7 +65,8 @@ def test_two_workers_both_serve_ready_and_the_scenario_resource(
     settings = project.database(postgres_url)
 
     with project.serve(workers=2, **settings) as server:
-        resource = CREATE_RESOURCE[project.scenario](project, server)
+        (create,) = (CREATE_RESOURCE[f] for f in project.features if f in CREATE_RESOURCE)
+        resource = create(project, server)
         until_every_worker_answered(server, ["/health/ready", resource], workers=2)
         answered = pids_per_path(server)
 

@@ -116,7 +116,7 @@ def host(
     started by systemd with an environment file pointing at PostgreSQL and Redis."""
     requirements()
     answers = next(answers for answers in supported_combinations() if with_celery(answers))
-    project = Project(bake_path(cookies_session, answers), answers["scenario"], installed_venv)
+    project = Project(bake_path(cookies_session, answers), answers, installed_venv)
     name = project.path.name.replace("_", "-")
     work = project.path.parent / "systemd-host"
     (work / "root").mkdir(parents=True)

@@ -7,10 +7,10 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from {{ cookiecutter.project_slug }}.db import Base, create_engine
-{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
+{%- if cookiecutter.__items %}
 from {{ cookiecutter.project_slug }}.items import models as _items  # noqa: F401  (registers the table)
 {%- endif %}
-{%- if cookiecutter.use_celery == "yes" %}
+{%- if cookiecutter.__jobs %}
 from {{ cookiecutter.project_slug }}.jobs import models as _jobs  # noqa: F401  (registers the table)
 {%- endif %}
 from {{ cookiecutter.project_slug }}.settings import get_settings

@@ -1,17 +1,23 @@
-"""Which database errors mean "unavailable, try again" (a 503), and which keep their own
-answer: the errors are built as SQLAlchemy raises them from asyncpg."""
+"""The database as a dependency: which of its errors mean "unavailable, try again" (a 503)
+and which keep their own answer (built as SQLAlchemy raises them from asyncpg), and
+readiness when it cannot be reached."""
 
 import sqlite3
+import time
 
 import asyncpg  # type: ignore[import-untyped]
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import exc as sa
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
     AsyncAdapt_asyncpg_dbapi,
 )
 
-from {{ cookiecutter.project_slug }}.errors import is_unavailable
+from {{ cookiecutter.project_slug }}.db import is_unavailable
+from {{ cookiecutter.project_slug }}.main import create_app
+from {{ cookiecutter.project_slug }}.settings import Settings
 
 DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
 
@@ -62,3 +68,24 @@ def test_the_database_failing_is_unavailable(error: Exception) -> None:
 )
 def test_an_error_of_the_request_or_the_code_is_not(error: Exception) -> None:
     assert not is_unavailable(error)
+
+
+@pytest.mark.anyio
+async def test_unreachable_database_makes_ready_503_naming_it_but_live_stays_200(
+    settings: Settings,
+) -> None:
+    # Nothing listens on port 1: every connection attempt is refused at once.
+    unreachable = {"database_url": "postgresql+asyncpg://app@127.0.0.1:1/app"}
+    app: FastAPI = create_app(settings.model_copy(update=unreachable))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            started = time.monotonic()
+            ready = await client.get("/health/ready")
+            elapsed = time.monotonic() - started
+            live = await client.get("/health/live")
+
+    assert ready.status_code == 503
+    assert list(ready.json()["failed"]) == ["database"]
+    assert elapsed < 5, "readiness must answer fast, never hang"
+    assert live.status_code == 200

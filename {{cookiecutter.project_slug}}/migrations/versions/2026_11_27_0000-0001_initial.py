@@ -17,7 +17,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
+{%- if cookiecutter.__items %}
     op.create_table(
         "items",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name="uq_items_name"),
     )
 {%- endif %}
-{%- if cookiecutter.use_celery == "yes" %}
+{%- if cookiecutter.__jobs %}
     op.create_table(
         "jobs",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -51,9 +51,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-{%- if cookiecutter.use_celery == "yes" %}
+{%- if cookiecutter.__jobs %}
     op.drop_table("jobs")
 {%- endif %}
-{%- if cookiecutter.scenario in ["public_api", "microservice"] %}
+{%- if cookiecutter.__items %}
     op.drop_table("items")
 {%- endif %}

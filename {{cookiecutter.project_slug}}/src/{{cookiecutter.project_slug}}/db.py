@@ -3,12 +3,16 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+import asyncpg  # type: ignore[import-untyped]
+from fastapi import Depends, FastAPI, Request, Response
 from sqlalchemy import DateTime, Dialect, MetaData, TypeDecorator, event, make_url, text
+from sqlalchemy import exc as sa
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,7 +22,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool, QueuePool
 
-from .errors import is_unavailable
+from .errors import unavailable
+from .features import Feature, ReadinessChecks
 from .settings import Settings
 
 # Seconds asyncpg waits beyond statement_timeout before it gives up on the server itself
@@ -142,3 +147,75 @@ async def _close(session: AsyncSession) -> None:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+# The exceptions a database failure surfaces as, from SQLAlchemy or from the driver beneath
+# it. Not all of them mean "unavailable": `is_unavailable` decides.
+DATABASE_ERRORS = (OSError, TimeoutError, sa.DBAPIError, sa.TimeoutError)
+
+# SQLSTATE classes of a database that cannot serve now, whatever the request: connection
+# exceptions (08), insufficient resources such as too many connections (53), and operator
+# intervention (57): shutting down, starting up, in recovery, a statement cancelled at its
+# deadline (statement_timeout).
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database could not serve, rather than that the request or
+    the code was wrong: a retry a moment later may succeed.
+
+    A lost or refused connection, a database shutting down, starting up or recovering, a
+    connection left unusable, and a query past its deadline are; an integrity or
+    programming error is not. SQLAlchemy wraps the driver's error (`orig`), which wraps
+    asyncpg's own (`__cause__`): the whole chain is read.
+    """
+    if isinstance(error, sa.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, (sa.IntegrityError, sa.ProgrammingError, sa.DataError)):
+        return False
+    causes: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in causes:
+        causes.append(cause)
+        orig = cause.orig if isinstance(cause, sa.DBAPIError) else None
+        cause = orig if isinstance(orig, BaseException) else cause.__cause__
+    for each in causes:
+        sqlstate = getattr(each, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES):
+            return True
+        if isinstance(each, (OSError, TimeoutError, sa.TimeoutError)):
+            return True
+        # asyncpg's own protocol state refused the next step ("cannot switch to state"):
+        # the connection is no longer usable.
+        if isinstance(each, asyncpg.InternalClientError):
+            return True
+    # The DB-API's words for a failure of the database or of the link to it (SQLite's
+    # "database is locked" too).
+    return isinstance(error, (sa.OperationalError, sa.InterfaceError))
+
+
+async def database_unavailable(_request: Request, error: Exception) -> Response:
+    """503 with Retry-After, not a 500, when the request was fine and the database was not
+    there; any other database error goes on to be the 500 (or whatever) it was."""
+    if not is_unavailable(error):
+        raise error
+    return unavailable("the database is unavailable; try again shortly")
+
+
+def _install(app: FastAPI, _settings: Settings) -> None:
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, database_unavailable)
+
+
+@asynccontextmanager
+async def _running(app: FastAPI) -> AsyncIterator[ReadinessChecks]:
+    # Created here, after Gunicorn forked this worker: connections never cross processes.
+    engine = create_engine(app.state.settings)
+    app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        yield {"database": partial(ping, engine)}
+    finally:
+        await engine.dispose()
+
+
+DATABASE = Feature(_install, _running)

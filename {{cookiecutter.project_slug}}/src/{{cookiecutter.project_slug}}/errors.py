@@ -3,17 +3,11 @@
 import json
 from typing import Any
 
-{% if cookiecutter.database != "none" -%}
-import asyncpg  # type: ignore[import-untyped]
-{% endif -%}
 from fastapi import HTTPException, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-{%- if cookiecutter.database != "none" %}
-from sqlalchemy import exc as sa
-{%- endif %}
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -117,59 +111,3 @@ async def method_not_allowed(request: Request, error: StarletteHTTPException) ->
     methods = [method for method in HTTP_METHODS if answers(method)]
     allowed = HTTPException(error.status_code, error.detail, {"allow": ", ".join(methods)})
     return await http_exception_handler(request, allowed)
-
-{%- if cookiecutter.database != "none" %}
-
-
-# The exceptions a database failure surfaces as, from SQLAlchemy or from the driver beneath
-# it. Not all of them mean "unavailable": `is_unavailable` decides.
-DATABASE_ERRORS = (OSError, TimeoutError, sa.DBAPIError, sa.TimeoutError)
-
-# SQLSTATE classes of a database that cannot serve now, whatever the request: connection
-# exceptions (08), insufficient resources such as too many connections (53), and operator
-# intervention (57): shutting down, starting up, in recovery, a statement cancelled at its
-# deadline (statement_timeout).
-UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
-
-
-def is_unavailable(error: BaseException) -> bool:
-    """Whether `error` says the database could not serve, rather than that the request or
-    the code was wrong: a retry a moment later may succeed.
-
-    A lost or refused connection, a database shutting down, starting up or recovering, a
-    connection left unusable, and a query past its deadline are; an integrity or
-    programming error is not. SQLAlchemy wraps the driver's error (`orig`), which wraps
-    asyncpg's own (`__cause__`): the whole chain is read.
-    """
-    if isinstance(error, sa.DBAPIError) and error.connection_invalidated:
-        return True
-    if isinstance(error, (sa.IntegrityError, sa.ProgrammingError, sa.DataError)):
-        return False
-    causes: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in causes:
-        causes.append(cause)
-        orig = cause.orig if isinstance(cause, sa.DBAPIError) else None
-        cause = orig if isinstance(orig, BaseException) else cause.__cause__
-    for each in causes:
-        sqlstate = getattr(each, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES):
-            return True
-        if isinstance(each, (OSError, TimeoutError, sa.TimeoutError)):
-            return True
-        # asyncpg's own protocol state refused the next step ("cannot switch to state"):
-        # the connection is no longer usable.
-        if isinstance(each, asyncpg.InternalClientError):
-            return True
-    # The DB-API's words for a failure of the database or of the link to it (SQLite's
-    # "database is locked" too).
-    return isinstance(error, (sa.OperationalError, sa.InterfaceError))
-
-
-async def database_unavailable(_request: Request, error: Exception) -> Response:
-    """503 with Retry-After, not a 500, when the request was fine and the database was not
-    there; any other database error goes on to be the 500 (or whatever) it was."""
-    if not is_unavailable(error):
-        raise error
-    return unavailable("the database is unavailable; try again shortly")
-{%- endif %}

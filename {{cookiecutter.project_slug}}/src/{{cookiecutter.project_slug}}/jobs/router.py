@@ -12,9 +12,8 @@ from ..errors import Unavailable, documented
 from . import broker, csvstats, service
 from .models import FILENAME_MAX_LENGTH
 from .schemas import JobAccepted, JobOut
-from .sweeper import sweeping
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(503), lifespan=sweeping)
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(503))
 
 CsvFile = Annotated[
     UploadFile,

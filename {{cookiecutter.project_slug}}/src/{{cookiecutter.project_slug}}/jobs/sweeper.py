@@ -73,7 +73,7 @@ async def _sweep_forever(
 
 @asynccontextmanager
 async def sweeping(app: FastAPI) -> AsyncIterator[None]:
-    """The jobs router's lifespan: the app's own has made the Celery app and the sessions."""
+    """Sweeps while the worker serves (jobs/feature.py has made the Celery app and sessions)."""
     for outcome in OUTCOMES:  # exported at 0, so rate() sees the first sweep
         JOBS_SWEPT.labels(outcome)
     task = asyncio.create_task(
