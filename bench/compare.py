@@ -1,7 +1,7 @@
 """The generated service side by side with what people would otherwise run.
 
     python3 bench/compare.py                  # every section; results in .cache/bench-results/
-    python3 bench/compare.py --only cgroup    # one section (servers, cgroup, database, instructions)
+    python3 bench/compare.py --only cgroup    # one section (or servers, database, instructions)
     python3 bench/compare.py --docs           # also write the tables and plots into docs/
     python3 bench/compare.py --report-only    # the last run's results.json as Markdown again
 
