@@ -1,10 +1,11 @@
 """The generated service side by side with what people would otherwise run.
 
     python3 bench/compare.py                  # every section; results in .cache/bench-results/
-    python3 bench/compare.py --only cgroup    # one section (servers, cgroup, database)
+    python3 bench/compare.py --only cgroup    # one section (or servers, database, instructions)
     python3 bench/compare.py --docs           # also write the tables and plots into docs/
+    python3 bench/compare.py --report-only    # the last run's results.json as Markdown again
 
-Bakes a `microservice` into .cache/bench/, installs it with the alternatives (the seed's
+Bakes a `microservice` into .cache/bench/, installs it with the alternatives (the naive setup's
 deprecated `uvicorn.workers`, granian, prometheus-fastapi-instrumentator) and matplotlib
 into a separate environment, .cache/bench-venv/, never into the project's dependencies,
 and runs itself there. Needs wrk and taskset; `cgroup` needs root and a cgroup hierarchy
@@ -14,12 +15,12 @@ postgres@127.0.0.1:5432/test), where it works in a schema of its own and drops i
 Sections, each on one endpoint, with the server on the same CPUs for every configuration:
 
 servers   GET /health/live, the server pinned to one CPU and wrk to the others:
-          (a) the generated service against the seed's naive setup;
+          (a) the generated service against a naive setup (bench/naive_app.py);
           (b) against `uvicorn --workers`, Gunicorn's `-k asgi` and granian serving the same app;
           (c) bare FastAPI (the service without its middleware) and a bare ASGI app, the ceiling;
           (d) the generated service with 1, 2 and 3 workers (1 to 2 x CPU + 1).
 cgroup    (e) inside a cgroup with a quota of one CPU, on a host taken to have 16 CPUs:
-          the seed's formula (2 x 16 + 1 = 33 workers) against the generated configuration,
+          the naive setup's formula (2 x 16 + 1 = 33 workers) against the generated configuration,
           which reads the quota; requests/s, p99, the PSS of master and workers together,
           and the time until every worker has booted.
 database  (f) GET /items/{id} on PostgreSQL: the generated service (SQLAlchemy) with 1 to 3
@@ -110,7 +111,7 @@ class Server:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
-    # The project's folder, where Gunicorn finds gunicorn.conf.py; the seed runs from here,
+    # The project's folder, where Gunicorn finds gunicorn.conf.py; the naive setup runs from here,
     # where there is none.
     cwd: Path = PROJECT
 
@@ -283,11 +284,11 @@ def rows(servers: dict[str, Server], runs: dict[str, list[Run]]) -> list[Row]:
 # --- sections ------------------------------------------------------------------------
 
 
-def seed(workers: int) -> Server:
-    """The seed's command line, run where Gunicorn finds no gunicorn.conf.py."""
+def naive_setup(workers: int) -> Server:
+    """The naive setup's command line, run where Gunicorn finds no gunicorn.conf.py."""
     command = ["-w", str(workers), "-k", "uvicorn.workers.UvicornWorker"]
     return Server(
-        [sys.executable, "-m", "gunicorn", *command, "--bind", "127.0.0.1:{port}", "seed_app:app"],
+        [sys.executable, "-m", "gunicorn", *command, "--bind", "127.0.0.1:{port}", "naive_app:app"],
         workers=workers,
         cwd=HERE,
     )
@@ -319,14 +320,14 @@ def servers_section(args: argparse.Namespace) -> dict[str, object]:
     metrics_dir = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-", dir=shm)}
     logs = str(log_config_file())
     factory = "my_service.main:create_app"
-    seed_workers = 2 * cpus + 1
+    naive_workers = 2 * cpus + 1
     servers = {
         "generated service": Server(gunicorn, workers=cpus),
         "generated service, LOG_LEVEL=warning (no access log)": Server(
             gunicorn, {"LOG_LEVEL": "warning"}, workers=cpus
         ),
         "generated service as shipped": Server(gunicorn[:-2], workers=cpus),
-        f"seed: -w {seed_workers} uvicorn.workers, naive app": seed(seed_workers),
+        f"naive setup: -w {naive_workers} uvicorn.workers": naive_setup(naive_workers),
         "uvicorn --workers": Server(
             [
                 python,
@@ -415,14 +416,14 @@ def cpu_quota_cgroup(cpus: float) -> Iterator[Path]:
 
 def cgroup_section(args: argparse.Namespace) -> dict[str, object]:
     python = sys.executable
-    seed_workers = 2 * HOST_CPUS_PRETENDED + 1
+    naive_workers = 2 * HOST_CPUS_PRETENDED + 1
     servers = {
-        f"seed: -w {seed_workers} uvicorn.workers, naive app": seed(seed_workers),
-        f"generated app, WEB_CONCURRENCY={seed_workers}": Server(
+        f"naive setup: -w {naive_workers} uvicorn.workers": naive_setup(naive_workers),
+        f"generated app, WEB_CONCURRENCY={naive_workers}": Server(
             [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
             # One database connection per worker at least, or the service refuses to start.
-            {"WEB_CONCURRENCY": str(seed_workers), "DB_MAX_CONNECTIONS": str(seed_workers)},
-            workers=seed_workers,
+            {"WEB_CONCURRENCY": str(naive_workers), "DB_MAX_CONNECTIONS": str(naive_workers)},
+            workers=naive_workers,
         ),
         "generated service (reads the quota)": Server(
             [python, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--max-requests", "0"],
@@ -623,7 +624,7 @@ def row_of(section: dict[str, object], prefix: str) -> dict[str, float]:
 
 
 def block(
-    heading: str, section: dict[str, object], body: str, findings: list[str], image: str
+    heading: str, section: dict[str, object], body: str, points: list[str], image: str
 ) -> list[str]:
     return [
         f"### {heading}",
@@ -632,31 +633,36 @@ def block(
         "",
         body,
         "",
-        *(f"- {line}" for line in findings),
+        *(f"- {line}" for line in points),
         "",
         image,
         "",
     ]
 
 
-def report(results: dict[str, object]) -> str:
-    out = [
-        f"Run {results['date']}, {results['machine']}; load average (1, 5, 15 min) "
-        f"{results['load_before']} before, {results['load_after']} after. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-        + ".",
-        "",
-    ]  # type: ignore[attr-defined]
+def report(results: dict[str, object]) -> dict[str, str]:
+    """The results as Markdown, one block for the run (machine, load, versions) and one per
+    section measured: what `results.md` holds, and what `--docs` writes between the
+    `<!-- results NAME: begin -->` and `<!-- results NAME: end -->` markers of
+    docs/performance.md."""
+    out: dict[str, list[str]] = {
+        "run": [
+            f"Run {results['date']}, {results['machine']}; load average (1, 5, 15 min) "
+            f"{results['load_before']} before, {results['load_after']} after. Versions: "
+            + ", ".join(f"{k} {v}" for k, v in results["versions"].items())  # type: ignore[attr-defined]
+            + ".",
+        ]
+    }
     if servers := results.get("servers"):
         generated = row_of(servers, "generated service")
         quiet = row_of(servers, "generated service, LOG_LEVEL")
         recycling = row_of(servers, "generated service as shipped")
         bare = row_of(servers, "bare FastAPI")
         ceiling = row_of(servers, "bare ASGI")
-        seed = row_of(servers, "seed")
+        naive = row_of(servers, "naive setup")
         alternatives = [row_of(servers, n) for n in ("uvicorn", "gunicorn -k asgi", "granian")]
         best = max(alternatives, key=lambda row: row["rate"])
-        out += block(
+        out["servers"] = block(
             f"(a) to (d) GET /health/live, server pinned to CPU {servers['server_cpus']}, "
             f"wrk on CPU {servers['load_cpus']}, {servers['connections']} connections, "
             f"median of {servers['rounds']} rounds of {servers['seconds']} s",
@@ -666,8 +672,8 @@ def report(results: dict[str, object]) -> str:
                 f"full stack / bare FastAPI: **{generated['rate'] / bare['rate']:.2f}** "
                 f"(target ≥ 0.85); without the access log (LOG_LEVEL=warning): "
                 f"**{quiet['rate'] / bare['rate']:.2f}**",
-                f"generated / seed's naive setup: **{generated['rate'] / seed['rate']:.2f}** "
-                f"in throughput; p99 {generated['p99_ms']:.1f} ms against {seed['p99_ms']:.1f} ms",
+                f"generated / naive setup: **{generated['rate'] / naive['rate']:.2f}** "
+                f"in throughput; p99 {generated['p99_ms']:.1f} ms against {naive['p99_ms']:.1f} ms",
                 f"generated / best alternative server ({best['name']}): "
                 f"**{generated['rate'] / best['rate']:.2f}**",
                 f"as shipped / with `--max-requests 0`: "
@@ -679,10 +685,10 @@ def report(results: dict[str, object]) -> str:
             "![GET /health/live](performance/servers.png)",
         )
     if cgroup := results.get("cgroup"):
-        seed = row_of(cgroup, "seed")
+        naive = row_of(cgroup, "naive setup")
         generated = row_of(cgroup, "generated service (reads")
         recycling = row_of(cgroup, "generated service as shipped")
-        out += block(
+        out["cgroup"] = block(
             f"(e) inside a 1-CPU cgroup quota, host taken to have {cgroup['pretended_cpus']} "
             f"CPUs; GET /health/live, {cgroup['connections']} connections, wrk outside the "
             f"cgroup, median of {cgroup['rounds']} rounds of {cgroup['seconds']} s",
@@ -691,13 +697,13 @@ def report(results: dict[str, object]) -> str:
             f"`{cgroup['cpus_from']}`.\n\n"
             + table(cgroup["rows"], generated["name"], ("ready_s",)),
             [
-                f"memory, seed formula / generated: "
-                f"**{seed['pss_mib'] / generated['pss_mib']:.1f}x** (target ≥ 2x)",
-                f"p99, seed formula / generated: **{seed['p99_ms'] / generated['p99_ms']:.1f}x** "
+                f"memory, naive formula / generated: "
+                f"**{naive['pss_mib'] / generated['pss_mib']:.1f}x** (target ≥ 2x)",
+                f"p99, naive formula / generated: **{naive['p99_ms'] / generated['p99_ms']:.1f}x** "
                 f"(target > 1)",
-                f"throughput, generated / seed formula: {generated['rate'] / seed['rate']:.2f}",
+                f"throughput, generated / naive formula: {generated['rate'] / naive['rate']:.2f}",
                 f"as shipped: p99 {recycling['p99_ms']:.0f} ms against "
-                f"the seed formula's {seed['p99_ms']:.0f} ms",
+                f"the naive formula's {naive['p99_ms']:.0f} ms",
             ],
             "![1-CPU cgroup](performance/cgroup.png)",
         )
@@ -707,7 +713,7 @@ def report(results: dict[str, object]) -> str:
         unpinged = row_of(database, "generated service without")
         raw = row_of(database, "same FastAPI")
         asgi = row_of(database, "bare ASGI")
-        out += block(
+        out["database"] = block(
             f"(f) GET /items/<random id of 1,000> on PostgreSQL, server pinned to one CPU, "
             f"{database['connections']} connections, median of {database['rounds']} rounds of "
             f"{database['seconds']} s",
@@ -727,7 +733,7 @@ def report(results: dict[str, object]) -> str:
     if instructions := results.get("instructions"):
         full, quiet, bare = (row["instructions"] for row in instructions["rows"])
         few, many = instructions["requests"]
-        out += [
+        out["instructions"] = [
             "### (g) CPU instructions per GET /health/live, in-process, counted by callgrind",
             "",
             f"Measured {instructions['when']}; each figure is (run of {many:,} requests - run "
@@ -751,7 +757,7 @@ def report(results: dict[str, object]) -> str:
             f"{(full - quiet) / (full - bare):.0%} of what the stack adds",
             "",
         ]
-    return "\n".join(out)
+    return {name: "\n".join(lines).strip() for name, lines in out.items()}
 
 
 def plot(results: dict[str, object], into: Path) -> list[Path]:
@@ -800,17 +806,23 @@ def plot(results: dict[str, object], into: Path) -> list[Path]:
     return written
 
 
-def write_docs(markdown: str, pngs: list[Path]) -> None:
+def write_docs(parts: dict[str, str], pngs: list[Path]) -> None:
+    """Each block between its markers in docs/performance.md; the page's other text, and the
+    blocks of sections not in these results, stay as they are."""
     target = DOCS / "performance"
     target.mkdir(exist_ok=True)
     for png in pngs:
         shutil.copy(png, target / png.name)
     page = DOCS / "performance.md"
     text = page.read_text()
-    begin, end = "<!-- results: begin -->", "<!-- results: end -->"
-    before, _, rest = text.partition(begin)
-    _, _, after = rest.partition(end)
-    page.write_text(f"{before}{begin}\n{markdown}\n{end}{after}")
+    for name, markdown in parts.items():
+        begin, end = f"<!-- results {name}: begin -->", f"<!-- results {name}: end -->"
+        before, found, rest = text.partition(begin)
+        if not found:
+            continue
+        _, _, after = rest.partition(end)
+        text = f"{before}{begin}\n{markdown}\n{end}{after}"
+    page.write_text(text)
 
 
 def main() -> None:
@@ -860,13 +872,14 @@ def main() -> None:
 
 
 def report_and_plot(results: dict[str, object], docs: bool) -> None:
-    markdown = report(results)
+    parts = report(results)
+    markdown = "\n\n".join(parts.values()) + "\n"
     (RESULTS / "results.md").write_text(markdown)
     pngs = plot(results, RESULTS)
     print("\n" + markdown)
     print(f"written: {RESULTS / 'results.md'}, " + ", ".join(map(str, pngs)))
     if docs:
-        write_docs(markdown, pngs)
+        write_docs(parts, pngs)
         print(f"and into {DOCS / 'performance.md'}")
 
 
@@ -875,7 +888,7 @@ if Path(sys.prefix).resolve() != VENV.resolve():
 sys.path[:0] = [str(HERE), str(PROJECT / "src"), str(PROJECT)]
 from bench.harness import free_port, pinned, split_cpus, wrk, wrk_path  # noqa: E402
 
-# The template's bench apps (seed_app, ceiling, raw_items), then the project and its apps.
+# The template's bench apps (naive_app, ceiling, raw_items), then the project and its apps.
 ENV = {**os.environ, "PYTHONPATH": ":".join(sys.path[:3]), "LOG_LEVEL": "info"}
 
 if __name__ == "__main__":

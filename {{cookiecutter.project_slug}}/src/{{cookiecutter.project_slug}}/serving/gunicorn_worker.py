@@ -1,5 +1,8 @@
-"""The Gunicorn worker: Uvicorn's, with connections that drain instead of drop, and
-recycling that takes turns.
+"""The Gunicorn worker: Uvicorn's, with what a service facing clients needs. Connections
+drain instead of being dropped; recycling takes turns; a reload keeps the old workers
+serving until the new ones do; a stop answers what waits in the listen backlog; request
+heads are limited under Gunicorn's own setting names (414, 431); and slow heads and bodies
+are cut off (408). Its HTTP protocol is a subclass of Uvicorn's httptools protocol.
 
 When a worker is told to stop (a reload, `max_requests`, SIGTERM), stock Uvicorn closes
 idle keep-alive connections at once. A client that was already sending its next request
@@ -9,9 +12,9 @@ Here an idle connection is instead marked as draining: its next request is answe
 
 Gunicorn starts a recycled worker's successor only once it has exited, and the successor
 takes a while to import the app. Workers under even load reach `max_requests` together,
-so stock recycling can leave no worker serving (the latency it cost is in
-docs/performance.md). Here a worker past its limit leaves only while every other worker
-serves (`Turns`), and goes on serving until then.
+so stock recycling can leave no worker serving, for as long as a successor takes to boot.
+Here a worker past its limit leaves only while every other worker serves (`Turns`), and
+goes on serving until then.
 
 On a reload (SIGHUP), Gunicorn starts the new workers and at once tells the old ones to
 stop, while the new ones are still importing the app: for a second or more nothing
@@ -21,6 +24,14 @@ many new workers serve, then leaves; a second SIGTERM makes it leave at once.
 Connections the kernel accepted but no worker took yet wait in the listen backlog, and are
 reset when the last worker closes the socket. A worker that stops takes those first, and
 gives a new connection until the header timeout for its first request.
+
+Gunicorn's sync workers enforce `limit_request_line`, `limit_request_fields` and
+`limit_request_field_size`; Uvicorn's worker does not, and has no deadline for a request's
+head or body. Here the protocol refuses an oversized head as it arrives (414 or 431, then
+reads and drops what the client still sends for a moment, so that the answer is not lost to
+a reset), and the server's once-a-second tick closes connections whose head
+(`header_timeout`, 408) or body (`body_timeout`) is too slow. Every refusal is counted in
+`http_requests_refused_total{reason}`.
 """
 
 import asyncio

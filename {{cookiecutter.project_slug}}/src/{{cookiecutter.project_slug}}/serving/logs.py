@@ -19,8 +19,8 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 # Each record would otherwise look up its caller's frame, its thread and its process name:
-# fields these lines never show, and a measurable share of a fast request's time
-# (docs/performance.md). The logging HOWTO's "Optimization" section names these switches.
+# fields these lines never show, and a measurable share of a fast request's time. The
+# logging HOWTO's "Optimization" section names these switches.
 logging._srcfile = None
 logging.logThreads = False
 logging.logMultiprocessing = False
@@ -83,10 +83,9 @@ class AccessLog:
     """One line per answered request, shaped as JsonFormatter's lines, written to stdout.
 
     The busiest log there is, so it bypasses `logging`: a record, a handler's lock, the
-    formatter and a flush per line were most of what observing a request cost (the figures
-    are in docs/performance.md); a turn's lines share their writes. The `access` logger stays
-    its switch: LOG_LEVEL above info, or disabling that logger, turns it off. Call it from
-    the event loop only.
+    formatter and a flush per line were most of what observing a request cost; a turn's
+    lines share their writes. The `access` logger stays its switch: LOG_LEVEL above info,
+    or disabling that logger, turns it off. Call it from the event loop only.
     """
 
     def __init__(self) -> None:

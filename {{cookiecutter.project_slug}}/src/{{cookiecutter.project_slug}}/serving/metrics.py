@@ -91,10 +91,11 @@ class RequestMetrics:
 
     An answer is counted by itself, as it starts: a client never holds an uncounted answer,
     even from a worker killed the next instant. The durations and the in-progress gauge are
-    written once a turn of the event loop (turns.py): written per request, they were over
-    half of what observing a request cost (docs/performance.md). A scrape sees the gauge as
-    the last turn left it; a worker killed mid-turn loses that turn's durations, as it loses
-    its access lines. Call it from the event loop only.
+    written once a turn of the event loop (turns.py): in multiprocess mode every write locks
+    and writes a memory-mapped file, and per request those writes were over half of what
+    observing a request cost. A scrape sees the gauge as the last turn left it; a worker
+    killed mid-turn loses that turn's durations, as it loses its access lines. Call it from
+    the event loop only.
     """
 
     def __init__(self) -> None:

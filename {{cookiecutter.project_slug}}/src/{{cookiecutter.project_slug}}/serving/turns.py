@@ -1,9 +1,8 @@
 """Work done once a turn of the event loop, for all the requests that turn served.
 
-Under load one turn of a worker's loop finishes dozens of requests (docs/performance.md
-has the figure). Their access lines and their durations are written
-once for all of them, as the turn ends, rather than once each: most of what keeps
-observing a request cheap.
+Under load one turn of a worker's loop finishes dozens of requests. Their access lines and
+their durations are written once for all of them, as the turn ends, rather than once each:
+most of what keeps observing a request cheap.
 """
 
 import asyncio

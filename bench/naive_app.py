@@ -1,7 +1,7 @@
-"""The seed's naive setup, as people write it: the endpoint the comparison measures, an
+"""A naive setup, as people often write one: the endpoint the comparison measures, an
 `@app.on_event` startup handler, a request id from `@app.middleware("http")` and
-prometheus-fastapi-instrumentator with its defaults. Served as the seed served it:
-`gunicorn -w 2*cpu+1 -k uvicorn.workers.UvicornWorker seed_app:app`."""
+prometheus-fastapi-instrumentator with its defaults. Served as such setups usually are:
+`gunicorn -w 2*cpu+1 -k uvicorn.workers.UvicornWorker naive_app:app`."""
 
 import uuid
 from collections.abc import Awaitable, Callable
