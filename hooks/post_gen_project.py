@@ -32,6 +32,7 @@ MANIFEST: dict[Path, dict[str, set[str]]] = {
     Path("tests/test_rooms.py"): {"scenario": {"websocket"}},
     Path("bench/fanout.py"): {"scenario": {"websocket"}},
     PACKAGE / "db.py": {"database": {"postgresql"}},
+    PACKAGE / "db_settings.py": {"database": {"postgresql"}},
     Path("tests/test_database.py"): {"database": {"postgresql"}},
     Path("migrations"): {"database": {"postgresql"}},
     Path("alembic.ini"): {"database": {"postgresql"}},
@@ -57,10 +58,11 @@ def prune() -> None:
 
 
 def choose_profile() -> None:
-    """The scenario's profile becomes the project's only profile."""
-    profiles = PACKAGE / "profiles"
-    (profiles / f"{ANSWERS['scenario']}.toml").rename(PACKAGE / "profile.toml")
-    shutil.rmtree(profiles)
+    """The project keeps the base profile and its scenario's, which states what differs."""
+    kept = {"base.toml", f"{ANSWERS['scenario']}.toml"}
+    for profile in (PACKAGE / "profiles").iterdir():
+        if profile.name not in kept:
+            profile.unlink()
 
 
 def next_steps() -> str:

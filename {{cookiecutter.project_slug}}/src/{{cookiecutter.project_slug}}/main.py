@@ -26,7 +26,6 @@ from .items.router import router as items_router
 from .jobs import broker
 from .jobs.router import router as jobs_router
 {%- endif %}
-from .profile import PROFILE
 {%- if cookiecutter.scenario == "websocket" %}
 from .rooms.fanout import Rooms, create_fanout
 from .rooms.router import router as rooms_router
@@ -41,7 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- if cookiecutter.database != "none" %}
     # Created here, after Gunicorn forked this worker: connections never cross processes.
 {%- endif %}
-    blocking.limit_threads(PROFILE.thread_pool_size)
+    blocking.limit_threads(app.state.settings.thread_pool_size)
 {%- if cookiecutter.database != "none" %}
     engine = db.create_engine(app.state.settings)
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -123,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
 {%- if cookiecutter.scenario == "ml_inference" %}
-    app.include_router(create_router(metadata, PROFILE.inference))
+    app.include_router(create_router(metadata, settings.inference))
 {%- endif %}
 {%- if cookiecutter.scenario in ["public_api", "microservice"] %}
     app.include_router(items_router)
