@@ -62,7 +62,9 @@ max_requests = gunicorn_settings.max_requests if workers > 1 else 0
 max_requests_jitter = gunicorn_settings.max_requests_jitter if workers > 1 else 0
 preload_app = settings.preload
 forwarded_allow_ips = settings.forwarded_allow_ips
-worker_tmp_dir = gunicorn_settings.worker_tmp_dir if os.path.isdir(gunicorn_settings.worker_tmp_dir) else None
+worker_tmp_dir = (
+    gunicorn_settings.worker_tmp_dir if os.path.isdir(gunicorn_settings.worker_tmp_dir) else None
+)
 # What the master checks and sets up before it forks (the model, where there is one).
 prepared = settings.prepare_master()
 
@@ -160,13 +162,14 @@ def resolved() -> dict[str, object]:
 
 
 def _flat(values: dict[str, object], within: str = "") -> list[tuple[str, object]]:
-    return [
-        pair
-        for name, value in values.items()
-        for pair in (
-            _flat(value, f"{within}{name}.") if isinstance(value, dict) else [(within + name, value)]
-        )
-    ]
+    """`{"gunicorn": {"timeout": 30}}` as `[("gunicorn.timeout", 30)]`."""
+    pairs: list[tuple[str, object]] = []
+    for name, value in values.items():
+        if isinstance(value, dict):
+            pairs += _flat(value, f"{within}{name}.")
+        else:
+            pairs.append((within + name, value))
+    return pairs
 
 
 def _masked(value: object) -> object:

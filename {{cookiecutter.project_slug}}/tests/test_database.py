@@ -12,6 +12,9 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 )
 
 from {{ cookiecutter.project_slug }}.errors import is_unavailable
+from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
+
+from .test_gunicorn_conf import run_config
 
 DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
 
@@ -62,3 +65,33 @@ def test_the_database_failing_is_unavailable(error: Exception) -> None:
 )
 def test_an_error_of_the_request_or_the_code_is_not(error: Exception) -> None:
     assert not is_unavailable(error)
+
+
+def test_a_sync_database_url_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/app")
+    get_settings.cache_clear()
+
+    with pytest.raises(SystemExit) as refusal:
+        get_settings()
+
+    get_settings.cache_clear()
+    assert "DATABASE_URL" in str(refusal.value)
+    assert "postgresql+asyncpg://" in str(refusal.value)
+
+
+def test_each_worker_takes_an_equal_share_of_the_connections() -> None:
+    settings = Settings(_env_file=None, db_max_connections=20)
+
+    settings.share_among(3)
+
+    assert settings.connections_per_worker == 6
+
+
+def test_fewer_connections_than_workers_is_refused_in_one_line() -> None:
+    result = run_config(WEB_CONCURRENCY="4", DB_MAX_CONNECTIONS="3")
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: DB_MAX_CONNECTIONS (3) is below the number of workers (4): "
+        "each worker needs at least one connection"
+    ]

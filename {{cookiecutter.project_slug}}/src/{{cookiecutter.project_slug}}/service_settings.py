@@ -17,12 +17,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    ModelWrapValidatorHandler,
     Field,
+    ModelWrapValidatorHandler,
     NonNegativeInt,
     PositiveInt,
     PrivateAttr,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -137,6 +138,23 @@ class ServiceSettings(BaseSettings):
     # worker it forks (gunicorn.conf.py's post_fork); 1 anywhere else.
     _workers: int = PrivateAttr(default=1)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def load(cls) -> Self:
+        """The settings, or exit with one readable line saying what is wrong with them,
+        naming the variable that sets each wrong value."""
+        try:
+            return cls()
+        except SettingsError as error:
+            raise SystemExit(f"invalid configuration: {error}") from None
+        except ValidationError as error:
+            problems = "; ".join(
+                env_name(tuple(key for key in e["loc"] if isinstance(key, str)))
+                + ": " * bool(e["loc"])
+                + e["msg"].removeprefix("Value error, ")
+                for e in error.errors()
+            )
+            raise SystemExit(f"invalid configuration: {problems}") from None
 
     @classmethod
     def settings_customise_sources(
@@ -278,10 +296,8 @@ class Origins(PydanticBaseSettingsSource):
         states = self.settings_sources_data
         origins = {}
         for path in setting_paths(self.settings_cls):
-            origins[".".join(path)] = next(
-                (self._label(source, path) for source, state in states.items() if _has(state, path)),
-                "default",
-            )
+            setters = (source for source, state in states.items() if _has(state, path))
+            origins[".".join(path)] = self._label(next(setters, "default"), path)
         return {self.KEY: origins}
 
     def _label(self, source: str, path: SettingPath) -> str:

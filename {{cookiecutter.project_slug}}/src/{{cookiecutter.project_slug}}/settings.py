@@ -4,9 +4,6 @@ How they are read, and which of those wins, is in service_settings.py.
 """
 
 from functools import lru_cache
-
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 {%- if cookiecutter.__jobs %}
 
 from .jobs.settings import JobSettings
@@ -41,16 +38,4 @@ class Settings(InferenceSettings):
 @lru_cache
 def get_settings() -> Settings:
     """The settings, or exit with one readable line saying what is wrong with them."""
-    try:
-        return Settings()
-    except SettingsError as error:
-        raise SystemExit(f"invalid configuration: {error}") from None
-    except ValidationError as error:
-        problems = "; ".join(
-            # The variable that sets it: ("celery", "time_limit") is CELERY_TIME_LIMIT.
-            "_".join(str(key) for key in e["loc"] if isinstance(key, str)).upper()
-            + ": " * bool(e["loc"])
-            + e["msg"].removeprefix("Value error, ")
-            for e in error.errors()
-        )
-        raise SystemExit(f"invalid configuration: {problems}") from None
+    return Settings.load()

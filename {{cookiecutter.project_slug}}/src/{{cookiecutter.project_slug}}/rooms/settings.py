@@ -15,7 +15,7 @@ class RoomSettings(ServiceSettings):
     redis_url: str | None = None
     # Origins a browser may open /ws/ from, comma-separated; unset: any. Clients that send no
     # Origin header (not browsers) are always let in.
-    ws_allowed_origins: CommaSeparated = []
+    ws_allowed_origins: CommaSeparated = Field(default_factory=list)
     ws_heartbeat_interval: float = Field(gt=0)
     ws_idle_timeout: float = Field(gt=0)
     ws_max_message_size: int = Field(ge=1)
