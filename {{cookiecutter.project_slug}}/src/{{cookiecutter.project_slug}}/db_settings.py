@@ -35,4 +35,6 @@ class DatabaseSettings(ServiceSettings):
 
     @property
     def connections_per_worker(self) -> int:
-        return self.db_max_connections // self._workers
+        # At least one: a pool of size 0 would have no limit at all (GUNICORN_CMD_ARGS may
+        # ask for more workers than the check in workers_for saw).
+        return max(1, self.db_max_connections // self._workers)

@@ -34,6 +34,8 @@ class CelerySettings(BaseModel):
 class JobSettings(DatabaseSettings):
     # Celery's broker: redis://... or amqp://... in production. The default keeps queued
     # jobs in a SQLite file: fine on a laptop, not durable (a killed worker loses its job).
+    # On Redis, Celery's keys start with REDIS_KEY_PREFIX too: jobs queued under one prefix
+    # are not seen under another, so drain the queue before changing it.
     celery_broker_url: str = "sqla+sqlite:///./var/celery-broker.db"
     celery: CelerySettings
     # Seconds before a queued or running job whose message or worker was lost is queued again.
