@@ -4,7 +4,8 @@
 SQLAlchemy's session replaced by `pool.fetchrow`: what the ORM layer costs.
 `asgi_app`: no framework at all, the ceiling for this query on this server.
 Both read DATABASE_URL, DATABASE_SCHEMA and DB_MAX_CONNECTIONS as the service does, and
-size the pool as it does (the whole budget shared by SERVICE_WORKERS workers).
+size the pool as it does: the service's settings give this worker's share of the budget
+(gunicorn.conf.py's post_fork tells them how many workers share it).
 """
 
 import json
@@ -17,13 +18,13 @@ import asyncpg
 from fastapi import FastAPI, HTTPException, Path, Request
 from my_service.items.schemas import MAX_ID, ItemOut
 from my_service.serving.middleware import RequestObserver
+from my_service.settings import get_settings
 
 QUERY = "SELECT id, name, description, price_cents, created_at, updated_at FROM items WHERE id = $1"
 
 
 async def create_pool() -> asyncpg.Pool:
-    budget = int(os.environ.get("DB_MAX_CONNECTIONS", "20"))
-    size = budget // int(os.environ.get("SERVICE_WORKERS", "1"))
+    size = get_settings().connections_per_worker
     server_settings = {"application_name": "raw_items"}
     if schema := os.environ.get("DATABASE_SCHEMA"):
         server_settings["search_path"] = schema

@@ -30,6 +30,7 @@ MANIFEST: dict[Path, str] = {
     Path("tests/fixtures/rooms.py"): "rooms",
     Path("bench/fanout.py"): "rooms",
     PACKAGE / "db.py": "database",
+    PACKAGE / "db_settings.py": "database",
     Path("tests/test_database.py"): "database",
     Path("tests/fixtures/database.py"): "database",
     Path("migrations"): "database",
@@ -53,10 +54,11 @@ def prune() -> None:
 
 
 def choose_profile() -> None:
-    """The scenario's profile becomes the project's only profile."""
-    profiles = PACKAGE / "profiles"
-    (profiles / f"{SCENARIO}.toml").rename(PACKAGE / "profile.toml")
-    shutil.rmtree(profiles)
+    """The project keeps the base profile and its scenario's, which states what differs."""
+    kept = {"base.toml", f"{SCENARIO}.toml"}
+    for profile in (PACKAGE / "profiles").iterdir():
+        if profile.name not in kept:
+            profile.unlink()
 
 
 def next_steps() -> str:

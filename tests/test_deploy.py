@@ -48,7 +48,16 @@ class Bake:
 
     @property
     def profile(self) -> dict[str, Any]:
-        return tomllib.loads((self.path / "src" / self.path.name / "profile.toml").read_text())
+        """The profiles' values: the scenario's file deep-merged over the base."""
+        profiles = self.path / "src" / self.path.name / "profiles"
+        base, scenario = (
+            tomllib.loads((profiles / f"{name}.toml").read_text())
+            for name in ("base", self.answers["scenario"])
+        )
+        return {
+            key: base.get(key, {}) | value if isinstance(value, dict) else value
+            for key, value in (base | scenario).items()
+        }
 
     @property
     def celery(self) -> bool:
@@ -204,7 +213,7 @@ def test_compose_api_waits_for_migrations_and_outlasts_its_requests(baked: Bake)
     services = baked.yaml("compose.yaml")["services"]
     api = services["api"]
 
-    assert seconds(api["stop_grace_period"]) > baked.profile["graceful_timeout"]
+    assert seconds(api["stop_grace_period"]) > baked.profile["gunicorn"]["graceful_timeout"]
     assert float(api["deploy"]["resources"]["limits"]["cpus"]) >= 1
     if baked.database:
         assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
@@ -325,7 +334,7 @@ def test_api_unit_reloads_on_sighup_and_stops_after_its_requests(baked: Bake) ->
     assert api["Type"] == ["notify"]
     assert api["ExecReload"] == ["/bin/kill -s HUP $MAINPID"]
     assert api["KillMode"] == ["mixed"]
-    assert seconds(api["TimeoutStopSec"][0]) > baked.profile["graceful_timeout"]
+    assert seconds(api["TimeoutStopSec"][0]) > baked.profile["gunicorn"]["graceful_timeout"]
     assert api["Restart"] == ["on-failure"]
     assert int(api["LimitNOFILE"][0]) >= 65536
     assert api["Environment"] == [f"PROMETHEUS_MULTIPROC_DIR=/run/{baked.name}/metrics"]
@@ -414,7 +423,10 @@ def test_kubernetes_policy_scan_fails_nothing_unexplained(kubernetes: Bake) -> N
 def workers_from_profile(baked: Bake, cpus: int) -> int:
     return int(
         baked.project.python(
-            f"from {baked.path.name}.profile import PROFILE\nprint(PROFILE.workers_for({cpus}))"
+            f"from {baked.path.name}.service_settings import ServiceSettings\n"
+            f"from {baked.path.name}.settings import Settings\n"
+            "settings = Settings(_env_file=None, web_concurrency=None)\n"
+            f"print(ServiceSettings.workers_for(settings, {cpus})[0])"
         )
     )
 
@@ -426,9 +438,8 @@ def test_kubernetes_api_pods_match_the_profile_and_are_locked_down(kubernetes: B
     (api,) = pod["containers"]
     env = {variable["name"]: variable for variable in api["env"]}
     cpu_limit = math.ceil(float(api["resources"]["limits"]["cpu"]))
-    stop_budget = (
-        api["lifecycle"]["preStop"]["sleep"]["seconds"] + kubernetes.profile["graceful_timeout"]
-    )
+    graceful_timeout = kubernetes.profile["gunicorn"]["graceful_timeout"]
+    stop_budget = api["lifecycle"]["preStop"]["sleep"]["seconds"] + graceful_timeout
 
     assert env["WEB_CONCURRENCY"]["valueFrom"]["resourceFieldRef"] == {
         "containerName": api["name"],

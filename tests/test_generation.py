@@ -29,11 +29,13 @@ def test_no_file_keeps_template_syntax(baked: Project) -> None:
     assert leftovers == []
 
 
-def test_only_the_chosen_profile_is_left(baked: Project) -> None:
-    package = baked.path / "src" / "my_service"
+def test_only_the_base_profile_and_the_scenarios_are_left(baked: Project) -> None:
+    profiles = baked.path / "src" / "my_service" / "profiles"
 
-    assert (package / "profile.toml").is_file()
-    assert not (package / "profiles").exists()
+    assert sorted(path.name for path in profiles.iterdir()) == sorted(
+        ["base.toml", f"{baked.scenario}.toml"]
+    )
+    assert not (baked.path / "src" / "my_service" / "profile.py").exists()
 
 
 @pytest.mark.usefixtures("installed_venv")

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import threading
 import time
-import tomllib
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -235,9 +234,12 @@ def test_a_client_that_stops_reading_is_dropped_with_1013_and_the_room_goes_on(
 
 
 def max_message_size(project: Project) -> int:
-    profile = project.path / "src" / project.path.name / "profile.toml"
-    size: int = tomllib.loads(profile.read_text())["websocket"]["max_message_size"]
-    return size
+    return int(
+        project.python(
+            f"from {project.path.name}.settings import Settings\n"
+            "print(Settings(_env_file=None).ws_max_message_size)"
+        )
+    )
 
 
 def test_a_message_over_the_size_limit_closes_that_client_with_1009_only(

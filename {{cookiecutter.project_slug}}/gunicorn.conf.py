@@ -1,17 +1,19 @@
-"""Gunicorn configuration, computed from the scenario profile and the environment.
+"""Gunicorn configuration, computed from the settings (the profiles and the environment).
 
-Run `python gunicorn.conf.py` to see what Gunicorn will do on this machine, as JSON.
-Overrides, by the ecosystem's usual names:
+Run `python gunicorn.conf.py` to see what Gunicorn will do on this machine, as JSON, with
+every setting and where its value came from. Overrides, by the ecosystem's usual names:
   WEB_CONCURRENCY     number of workers (default: from the CPUs this process may use)
   BIND or PORT        listen address (127.0.0.1:8000 in development, 0.0.0.0:PORT otherwise)
   WORKER_CLASS        the project's Uvicorn worker (default) or Gunicorn's own "asgi"
   FORWARDED_ALLOW_IPS proxies trusted for X-Forwarded-* headers (default: 127.0.0.1)
+  GUNICORN_<SETTING>  any setting of the profiles' [gunicorn] table (GUNICORN_TIMEOUT)
   GUNICORN_CMD_ARGS   any other Gunicorn flag; read by Gunicorn itself, after this file
 """
 
 import gc
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,10 +21,6 @@ from pathlib import Path
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
-{% if cookiecutter.scenario == "ml_inference" -%}
-from {{ cookiecutter.project_slug }}.inference.metadata import ModelError, check_model_files
-{% endif -%}
-from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.serving.cpu import effective_cpu_count
 from {{ cookiecutter.project_slug }}.serving.gunicorn_worker import (
     forget_replaced,
@@ -39,30 +37,10 @@ cpus = effective_cpu_count()
 wsgi_app = "{{ cookiecutter.project_slug }}.main:create_app()"
 # Uvicorn's worker, with keep-alive connections that drain on reload (serving/).
 worker_class = settings.worker_class
-if settings.web_concurrency:
-    workers = settings.web_concurrency
-    workers_source = "WEB_CONCURRENCY"
-else:
-    workers = PROFILE.workers_for(cpus.count)
-    workers_source = f"{PROFILE.workers_per_cpu} x CPUs + {PROFILE.extra_workers}"
-{%- if cookiecutter.scenario == "websocket" %}
-if settings.redis_url is None and workers > 1:
-    # Without Redis a room message reaches only the clients of the worker it arrives on.
-    workers_source = f"1, not {workers} ({workers_source}): without REDIS_URL rooms are per worker"
-    workers = 1
-{%- endif %}
-{%- if cookiecutter.database != "none" %}
-# Each worker sizes its database pool from its share of the service's connections.
-if settings.db_max_connections < workers:
-    raise SystemExit(
-        f"invalid configuration: DB_MAX_CONNECTIONS ({settings.db_max_connections}) is below "
-        f"the number of workers ({workers}): each worker needs at least one connection"
-    )
-os.environ["SERVICE_WORKERS"] = str(workers)
-# Settings were read above, before the worker count was known, and are cached: read them
-# again when the app is created, or each worker's pool would take the whole budget.
-get_settings.cache_clear()
-{%- endif %}
+try:
+    workers, workers_source = settings.workers_for(cpus.count)
+except ValueError as error:
+    raise SystemExit(f"invalid configuration: {error}") from None
 default_host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
 # The service, and beside it the listener that alone serves /metrics (serving/metrics.py).
 bind = [
@@ -70,37 +48,29 @@ bind = [
     f"{default_host}:{settings.metrics_port}",
 ]
 
-timeout = PROFILE.timeout
-graceful_timeout = PROFILE.graceful_timeout
-keepalive = PROFILE.keepalive
+gunicorn_settings = settings.gunicorn
+timeout = gunicorn_settings.timeout
+graceful_timeout = gunicorn_settings.graceful_timeout
+keepalive = gunicorn_settings.keepalive
 # Enforced by the project's worker (serving/) as Gunicorn's sync workers do: 414 and 431.
-limit_request_line = PROFILE.limit_request_line
-limit_request_fields = PROFILE.limit_request_fields
-limit_request_field_size = PROFILE.limit_request_field_size
+limit_request_line = gunicorn_settings.limit_request_line
+limit_request_fields = gunicorn_settings.limit_request_fields
+limit_request_field_size = gunicorn_settings.limit_request_field_size
 # Recycling replaces a worker only after it has exited: with a single worker nothing serves
 # while the new one imports the app (docs/performance.md has the cost), so it is off.
-max_requests = PROFILE.max_requests if workers > 1 else 0
-max_requests_jitter = PROFILE.max_requests_jitter if workers > 1 else 0
+max_requests = gunicorn_settings.max_requests if workers > 1 else 0
+max_requests_jitter = gunicorn_settings.max_requests_jitter if workers > 1 else 0
 preload_app = settings.preload
 forwarded_allow_ips = settings.forwarded_allow_ips
-worker_tmp_dir = PROFILE.worker_tmp_dir if os.path.isdir(PROFILE.worker_tmp_dir) else None
-
-{%- if cookiecutter.scenario == "ml_inference" %}
-
-# The model: a missing, corrupt or replaced file stops the service here, with one line.
-try:
-    model_metadata = check_model_files(settings.model_path)
-except ModelError as error:
-    raise SystemExit(f"invalid model: {error}") from None
-# Numeric libraries (OpenBLAS, OpenMP) start a thread per CPU by default; with one worker
-# per CPU that would be CPUs x CPUs threads. Set before any worker imports numpy.
-for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(variable, str(PROFILE.inference.blas_threads))
-{%- endif %}
+worker_tmp_dir = (
+    gunicorn_settings.worker_tmp_dir if os.path.isdir(gunicorn_settings.worker_tmp_dir) else None
+)
+# What the master checks and sets up before it forks (the model, where there is one).
+prepared = settings.prepare_master()
 
 # No control socket unless asked: it is one more way in, and two instances would share its path.
-control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET") is None
-control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket_disable = gunicorn_settings.control_socket is None
+control_socket = gunicorn_settings.control_socket or ""
 
 # JSON lines on stdout; the app writes the access log itself, with the request id.
 accesslog = None
@@ -132,6 +102,12 @@ def on_reload(server: Arbiter) -> None:
     serve (serving/gunicorn_worker.py), so that a reload never leaves the service without a
     worker."""
     write_replaced(replaced_workers(str(metrics_dir)), list(server.WORKERS), server.num_workers)
+
+
+def post_fork(server: Arbiter, worker: Worker) -> None:
+    """Gunicorn tells each worker how many serve beside it (`--workers` in GUNICORN_CMD_ARGS
+    included): budgets of the whole service are shared among them."""
+    settings.share_among(worker.cfg.workers)
 
 
 def pre_fork(server: Arbiter, worker: Worker) -> None:
@@ -174,14 +150,32 @@ def resolved() -> dict[str, object]:
         "max_requests": max_requests,
         "max_requests_jitter": max_requests_jitter,
         "preload": preload_app,
-{%- if cookiecutter.scenario == "ml_inference" %}
-        "model": f"{model_metadata.name} {model_metadata.version} ({settings.model_path})",
-{%- endif %}
+        **prepared,
         "forwarded_allow_ips": forwarded_allow_ips,
         "worker_tmp_dir": worker_tmp_dir,
         "control_socket": None if control_socket_disable else control_socket,
         "metrics_dir": str(metrics_dir),
+        # Every setting, a password in a URL masked, and where its value came from.
+        "settings": {name: _masked(value) for name, value in _flat(settings.model_dump())},
+        "settings_from": settings.origins,
     }
+
+
+def _flat(values: dict[str, object], within: str = "") -> list[tuple[str, object]]:
+    """`{"gunicorn": {"timeout": 30}}` as `[("gunicorn.timeout", 30)]`."""
+    pairs: list[tuple[str, object]] = []
+    for name, value in values.items():
+        if isinstance(value, dict):
+            pairs += _flat(value, f"{within}{name}.")
+        else:
+            pairs.append((within + name, value))
+    return pairs
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, str):
+        return re.sub(r"(://[^/:@]*:)[^/@]+@", r"\1***@", value)
+    return value if isinstance(value, int | float | bool | None | list) else str(value)
 
 
 if __name__ == "__main__":

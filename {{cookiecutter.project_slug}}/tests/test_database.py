@@ -17,7 +17,9 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 
 from {{ cookiecutter.project_slug }}.db import is_unavailable
 from {{ cookiecutter.project_slug }}.main import create_app
-from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
+
+from .test_gunicorn_conf import run_config
 
 DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
 
@@ -89,3 +91,33 @@ async def test_unreachable_database_makes_ready_503_naming_it_but_live_stays_200
     assert list(ready.json()["failed"]) == ["database"]
     assert elapsed < 5, "readiness must answer fast, never hang"
     assert live.status_code == 200
+
+
+def test_a_sync_database_url_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/app")
+    get_settings.cache_clear()
+
+    with pytest.raises(SystemExit) as refusal:
+        get_settings()
+
+    get_settings.cache_clear()
+    assert "DATABASE_URL" in str(refusal.value)
+    assert "postgresql+asyncpg://" in str(refusal.value)
+
+
+def test_each_worker_takes_an_equal_share_of_the_connections() -> None:
+    settings = Settings(_env_file=None, db_max_connections=20)
+
+    settings.share_among(3)
+
+    assert settings.connections_per_worker == 6
+
+
+def test_fewer_connections_than_workers_is_refused_in_one_line() -> None:
+    result = run_config(WEB_CONCURRENCY="4", DB_MAX_CONNECTIONS="3")
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: DB_MAX_CONNECTIONS (3) is below the number of workers (4): "
+        "each worker needs at least one connection"
+    ]

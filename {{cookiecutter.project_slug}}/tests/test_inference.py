@@ -24,7 +24,6 @@ from {{ cookiecutter.project_slug }}.inference.metadata import (
 )
 from {{ cookiecutter.project_slug }}.inference.model import Model, load_model
 from {{ cookiecutter.project_slug }}.main import create_app
-from {{ cookiecutter.project_slug }}.profile import PROFILE
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 from .test_gunicorn_conf import run_config
@@ -32,7 +31,8 @@ from .test_gunicorn_conf import run_config
 pytestmark = pytest.mark.anyio
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
-MAX_BATCH = PROFILE.inference.max_batch_size
+# The profile's, as the tests' settings have it.
+MAX_BATCH = Settings(_env_file=None).inference.max_batch_size
 
 
 async def test_predictions_are_the_models_own(client: httpx.AsyncClient, model_path: Path) -> None:
@@ -130,7 +130,7 @@ async def test_a_body_over_the_limit_gets_413(settings: Settings) -> None:
 async def test_live_answers_while_every_inference_thread_is_busy(
     app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    threads = PROFILE.thread_pool_size
+    threads = app.state.settings.thread_pool_size
     busy = threading.Semaphore(0)
     release = threading.Event()
     predict = Model.predict
@@ -276,3 +276,13 @@ async def until_loading_ended(client: httpx.AsyncClient) -> httpx.Response:
             return response
         await asyncio.sleep(0.05)
     return response
+
+
+def test_a_missing_model_stops_gunicorn_with_the_fix() -> None:
+    result = run_config(MODEL_PATH="nowhere/model.joblib")
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "invalid model: nowhere/model.json (the model's metadata) does not exist: "
+        "run `make model` to build it"
+    ]

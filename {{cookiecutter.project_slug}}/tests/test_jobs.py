@@ -250,6 +250,41 @@ def test_a_stale_bound_within_the_time_limit_is_refused(monkeypatch: pytest.Monk
     assert "JOB_STALE_AFTER must exceed CELERY_TIME_LIMIT" in str(refusal.value)
 
 
+def test_celery_variables_set_the_celery_table_under_their_old_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "CELERY_SOFT_TIME_LIMIT": "200",
+        "CELERY_TIME_LIMIT": "250",
+        "CELERY_CONCURRENCY": "3",
+        "JOB_STALE_AFTER": "400",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CELERY_QUEUE", raising=False)
+
+    settings = Settings(_env_file=None)
+
+    assert (settings.celery.soft_time_limit, settings.celery.time_limit) == (200, 250)
+    assert settings.celery.processes_for(cpus=8) == 3
+    assert settings.job_stale_after == 400
+    assert settings.origins["celery.time_limit"] == "env CELERY_TIME_LIMIT"
+    assert settings.origins["celery.queue"].startswith("profile ")
+
+
+def test_a_bad_celery_variable_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_TIME_LIMIT", "soon")
+    get_settings.cache_clear()
+
+    with pytest.raises(SystemExit) as refusal:
+        get_settings()
+
+    get_settings.cache_clear()
+    assert str(refusal.value) == (
+        "invalid configuration: CELERY_TIME_LIMIT: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+
+
 @pytest.mark.usefixtures("client")  # the app's lifespan, which opens its sessions
 async def test_the_sweep_takes_back_lost_jobs_and_leaves_live_and_waiting_ones(
     app: FastAPI,

@@ -28,6 +28,8 @@ from {{ cookiecutter.project_slug }}.rooms import protocol
 from {{ cookiecutter.project_slug }}.rooms.fanout import Client, Rooms
 from {{ cookiecutter.project_slug }}.settings import Settings
 
+from .test_gunicorn_conf import resolved_config, run_config
+
 pytestmark = pytest.mark.anyio
 
 # Seconds any single wait in these tests may take before the test fails.
@@ -415,3 +417,39 @@ async def test_after_redis_returns_a_publish_fewer_workers_hear_is_503_until_the
     assert during.status_code == 503
     assert after.status_code == 202
     assert fanout.subscribers == heard_by
+
+
+def test_without_redis_one_worker_serves_every_room_and_says_why() -> None:
+    config = resolved_config(WEB_CONCURRENCY="3")
+
+    assert config["workers"] == 1
+    assert config["workers_from"] == (
+        "1, not 3 (WEB_CONCURRENCY): without REDIS_URL rooms are per worker"
+    )
+
+
+def test_with_redis_every_worker_serves_rooms() -> None:
+    config = resolved_config(WEB_CONCURRENCY="3", REDIS_URL="redis://127.0.0.1:6379/0")
+
+    assert (config["workers"], config["workers_from"]) == (3, "WEB_CONCURRENCY")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"REDIS_URL": "localhost:6379"},
+            "invalid configuration: REDIS_URL: must start with one of redis://, rediss://, unix://",
+        ),
+        (
+            {"WS_HEARTBEAT_INTERVAL": "30", "WS_IDLE_TIMEOUT": "20"},
+            "invalid configuration: WS_IDLE_TIMEOUT must exceed WS_HEARTBEAT_INTERVAL, or a "
+            "client would be dropped before it was even asked for a pong",
+        ),
+    ],
+)
+def test_bad_room_settings_exit_with_one_readable_line(env: dict[str, str], message: str) -> None:
+    result = run_config(**env)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [message]

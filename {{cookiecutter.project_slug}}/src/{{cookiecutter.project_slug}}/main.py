@@ -7,7 +7,7 @@ from fastapi import FastAPI, status
 from fastapi.exceptions import RequestValidationError
 from starlette.middleware.cors import CORSMiddleware
 
-from . import blocking, errors, health, profile
+from . import blocking, errors, health
 {%- for feature, where in cookiecutter._features.items() if cookiecutter["__" ~ feature] %}
 from .{{ where.module }} import {{ where.name }}
 {%- endfor %}
@@ -21,7 +21,7 @@ FEATURES = [{% for feature, where in cookiecutter._features.items() if cookiecut
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    blocking.limit_threads(profile.PROFILE.thread_pool_size)
+    blocking.limit_threads(app.state.settings.thread_pool_size)
     app.state.readiness_checks = {}
     async with AsyncExitStack() as running:
         for feature in FEATURES:

@@ -6,7 +6,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..features import Feature, ReadinessChecks
-from ..profile import PROFILE
 from ..settings import Settings
 from .metadata import ModelError, read_metadata
 from .model import ModelSlot, load_model
@@ -23,7 +22,7 @@ def _install(app: FastAPI, settings: Settings) -> None:
         raise SystemExit(f"invalid model: {error}") from None
     app.state.model = ModelSlot(settings.model_path, preloaded)
     metadata = preloaded.metadata if preloaded else read_metadata(settings.model_path)
-    app.include_router(create_router(metadata, PROFILE.inference))
+    app.include_router(create_router(metadata, settings.inference))
 
 
 @asynccontextmanager

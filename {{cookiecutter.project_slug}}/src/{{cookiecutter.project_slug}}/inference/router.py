@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from ..blocking import call_blocking
 from ..bodies import ClientBody
 from ..errors import documented
-from ..profile import InferenceProfile
 from .metadata import ModelError, ModelMetadata
 from .model import Model, ModelSlot, Prediction
+from .settings import InferenceLimits
 
 
 async def get_model(request: Request) -> Model:
@@ -42,7 +42,7 @@ class ModelInfo(BaseModel):
     load_seconds: float
 
 
-def create_router(metadata: ModelMetadata, limits: InferenceProfile) -> APIRouter:
+def create_router(metadata: ModelMetadata, limits: InferenceLimits) -> APIRouter:
     """The routes, with the request schema fitted to the model: each instance has exactly
     as many features as the model takes, so the OpenAPI schema tells clients the shape."""
     n_features = metadata.n_features

@@ -1,7 +1,7 @@
 """The Celery app as both sides see it: the API sends jobs with it, workers run them.
 
 Everything here is fixed on purpose, for correctness; what is tuned per scenario comes
-from the profile's `[celery]` table and the settings.
+from the settings (`[celery]` in the profiles).
 """
 
 import logging
@@ -12,7 +12,6 @@ from celery import Celery
 from kombu import Queue
 from kombu.exceptions import ChannelError
 
-from ..profile import PROFILE
 from ..serving.cpu import effective_cpu_count
 from ..settings import Settings
 
@@ -31,7 +30,7 @@ PUBLISH_TRIES = 2
 def create_celery(settings: Settings, *, worker: bool = False) -> Celery:
     """The Celery app of the API (it publishes jobs), or, with `worker`, of a Celery worker."""
     celery = Celery(__package__)
-    heavy = PROFILE.celery.queue
+    heavy = settings.celery.queue
     # A request waits for the broker at most JOB_PUBLISH_TIMEOUT in all, then gets a 503: a
     # hung broker (one that accepts connections and never answers) must not hold it longer.
     wait = WORKER_BROKER_TIMEOUT if worker else settings.job_publish_timeout / PUBLISH_TRIES
@@ -51,13 +50,12 @@ def create_celery(settings: Settings, *, worker: bool = False) -> Celery:
         # a killed worker loses no job (the job table makes the second run harmless).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=PROFILE.celery.prefetch_multiplier,
-        task_soft_time_limit=settings.celery_soft_time_limit,
-        task_time_limit=settings.celery_time_limit,
-        worker_max_tasks_per_child=PROFILE.celery.max_tasks_per_child,
-        worker_max_memory_per_child=PROFILE.celery.max_memory_per_child_kib,
-        worker_concurrency=settings.celery_concurrency
-        or PROFILE.celery.processes_for(effective_cpu_count().count),
+        worker_prefetch_multiplier=settings.celery.prefetch_multiplier,
+        task_soft_time_limit=settings.celery.soft_time_limit,
+        task_time_limit=settings.celery.time_limit,
+        worker_max_tasks_per_child=settings.celery.max_tasks_per_child,
+        worker_max_memory_per_child=settings.celery.max_memory_per_child_kib,
+        worker_concurrency=settings.celery.processes_for(effective_cpu_count().count),
         task_queues=[Queue("default"), Queue(heavy)],
         task_default_queue="default",
         task_routes={AGGREGATE_CSV: {"queue": heavy}},
@@ -75,8 +73,8 @@ def _transport_options(settings: Settings, wait: float) -> dict[str, float | str
     # Redis gives a job taken by a vanished worker to another after the visibility timeout;
     # look for such jobs every tenth of it, not every 100 s as kombu does by default.
     return {
-        "visibility_timeout": settings.celery_visibility_timeout,
-        "unacked_restore_interval": max(1, settings.celery_visibility_timeout // 10),
+        "visibility_timeout": settings.celery.visibility_timeout,
+        "unacked_restore_interval": max(1, settings.celery.visibility_timeout // 10),
         "unacked_restore_throttle": 1,
         # A broker that vanished without closing the connection fails a publish, not hangs it.
         "socket_timeout": wait,
@@ -93,12 +91,13 @@ def enqueue(celery: Celery, job_id: uuid.UUID) -> None:
 
 def waiting(celery: Celery) -> int:
     """How many jobs wait on the broker, not yet taken by a worker."""
+    heavy: str = celery.conf.task_routes[AGGREGATE_CSV]["queue"]
     with celery.connection_for_write() as connection:
         no_such_queue: tuple[type[BaseException], ...] = (ChannelError, *connection.channel_errors)
         # Every transport's channel has queue_declare; kombu's stubs know the AMQP one alone.
         channel: Any = connection.default_channel
         try:
-            declared = channel.queue_declare(PROFILE.celery.queue, passive=True)
+            declared = channel.queue_declare(heavy, passive=True)
         except no_such_queue:
             return 0  # not declared yet, or gone with the broker's data: nothing waits
         return int(declared.message_count)

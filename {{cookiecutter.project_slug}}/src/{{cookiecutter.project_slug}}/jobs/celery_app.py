@@ -17,7 +17,6 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import db
-from ..profile import PROFILE
 from ..serving.logs import logging_config
 from ..settings import get_settings
 from . import csvstats, service
@@ -69,7 +68,7 @@ class JobTask(Task):  # type: ignore[type-arg]
     ) -> None:
         """Unexpected failures and the hard time limit: the job is recorded failed anyway."""
         if isinstance(exc, TimeLimitExceeded):
-            error = f"stopped at the hard time limit of {settings.celery_time_limit} s"
+            error = f"stopped at the hard time limit of {settings.celery.time_limit} s"
         else:
             error = f"the job failed unexpectedly ({type(exc).__name__}); see the worker's log"
         logger.error("job %s failed: %r", args[:1], exc)
@@ -82,7 +81,7 @@ class JobTask(Task):  # type: ignore[type-arg]
 @app.task(name=AGGREGATE_CSV, base=JobTask)
 def aggregate_csv(job_id: str) -> None:
     job = uuid.UUID(job_id)
-    data = in_database(service.claim, job, PROFILE.celery.max_attempts)
+    data = in_database(service.claim, job, settings.celery.max_attempts)
     if data is None:
         return
     try:
@@ -90,7 +89,7 @@ def aggregate_csv(job_id: str) -> None:
     except csvstats.CsvProblem as problem:
         in_database(service.finish, job, None, str(problem))
     except SoftTimeLimitExceeded:
-        limit = settings.celery_soft_time_limit
+        limit = settings.celery.soft_time_limit
         in_database(service.finish, job, None, f"took longer than the time limit of {limit} s")
     else:
         in_database(service.finish, job, result)

@@ -22,7 +22,6 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..blocking import call_blocking
-from ..profile import PROFILE
 from ..serving.metrics import JOBS_SWEPT
 from ..settings import Settings
 from . import broker, service
@@ -47,7 +46,7 @@ async def sweep_once(
             session,
             stale_after=settings.job_stale_after,
             waiting=waiting,
-            max_attempts=PROFILE.celery.max_attempts,
+            max_attempts=settings.celery.max_attempts,
         )
     for job_id in swept.requeued:
         await call_blocking(broker.enqueue, celery, job_id)

@@ -1,0 +1,40 @@
+"""The database's settings: where it is, and how much of it the service may use."""
+
+from pydantic import Field, field_validator
+
+from .service_settings import ServiceSettings
+
+
+class DatabaseSettings(ServiceSettings):
+    database_url: str = "sqlite+aiosqlite:///./var/app.db"
+    # PostgreSQL schema to work in (search_path); the server's default when unset.
+    database_schema: str | None = None
+    # Connections to the database for the whole service; each worker gets an equal share.
+    db_max_connections: int = Field(ge=1)
+    # Seconds a query may take on PostgreSQL (statement_timeout) before the request gets a 503.
+    db_statement_timeout: float = Field(gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with postgresql+asyncpg:// or sqlite+aiosqlite:// "
+                "(the service talks to its database asynchronously)"
+            )
+        return url
+
+    def workers_for(self, cpus: int) -> tuple[int, str]:
+        workers, source = super().workers_for(cpus)
+        if self.db_max_connections < workers:
+            raise ValueError(
+                f"DB_MAX_CONNECTIONS ({self.db_max_connections}) is below the number of workers "
+                f"({workers}): each worker needs at least one connection"
+            )
+        return workers, source
+
+    @property
+    def connections_per_worker(self) -> int:
+        # At least one: a pool of size 0 would have no limit at all (GUNICORN_CMD_ARGS may
+        # ask for more workers than the check in workers_for saw).
+        return max(1, self.db_max_connections // self._workers)
