@@ -1,9 +1,13 @@
-"""Shape the baked project to the answers: choose the scenario's profile, prune the rest.
+"""Shape the baked project to the answers: keep its profiles, prune the rest, lock it.
 
 What belongs to which feature is data, in MANIFEST below; nothing else here decides.
 """
 
+import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 SLUG = "{{ cookiecutter.project_slug }}"
@@ -83,7 +87,31 @@ def next_steps() -> str:
     return "\n".join(["", *lines, ""])
 
 
+def write_lock() -> None:
+    """Pin every dependency in uv.lock, as `make lock` does. Without uv, or without the
+    package index, the bake still succeeds and says in one line that the lock is missing."""
+    missing = 'uv.lock is missing: run "make lock" (it needs uv and the package index).'
+    if uv := shutil.which("uv"):
+        command = [uv]
+    elif importlib.util.find_spec("uv"):  # installed beside cookiecutter (pip install uv)
+        command = [sys.executable, "-m", "uv"]
+    else:
+        print(missing, file=sys.stderr)
+        return
+    # A bake fetches from the package index only: no Python is downloaded to lock with
+    # (unless UV_PYTHON_DOWNLOADS says so); `make lock` uses the Makefile's Python.
+    env = {"UV_PYTHON_DOWNLOADS": "never", **os.environ}
+    lock = [*command, "lock", "--quiet"]
+    try:
+        result = subprocess.run(lock, env=env, capture_output=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        result = None
+    if result is None or result.returncode != 0:
+        print(missing, file=sys.stderr)
+
+
 if __name__ == "__main__":
     choose_profile()
     prune()
     print(next_steps())
+    write_lock()

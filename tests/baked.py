@@ -25,6 +25,9 @@ from .waiting import TimedOut, wait_until
 
 TEMPLATE = Path(__file__).parent.parent
 CACHE = TEMPLATE / ".cache"
+# What a bake without uv or the package index says, and what `docker build` says of a
+# project without uv.lock.
+MISSING_LOCK = 'uv.lock is missing: run "make lock" (it needs uv and the package index).'
 
 
 @contextmanager

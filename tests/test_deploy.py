@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .baked import Project, features_of
+from .baked import MISSING_LOCK, Project, features_of
 from .conftest import deployment_combinations, require_tool, supported_combinations
 
 # The oldest Kubernetes the manifests support (the preStop sleep action), and the newest
@@ -166,21 +166,75 @@ def excluded_from_build_context(baked: Bake, path: str) -> bool:
     return excluded
 
 
-def test_build_context_holds_what_the_dockerfile_copies_and_no_secret(baked: Bake) -> None:
-    sources = [
+def copied_from_context(baked: Bake) -> list[str]:
+    """The sources of the Dockerfile's COPY instructions from the build context."""
+    return [
         source
         for line in baked.read("Dockerfile").splitlines()
         if line.startswith("COPY ") and "--from=" not in line
         for source in line.split()[1:-1]
     ]
-    missing = [source for source in sources if not (baked.path / source).exists()]
-    ignored = [source for source in sources if excluded_from_build_context(baked, source)]
+
+
+def test_build_context_holds_what_the_dockerfile_copies_and_no_secret(baked: Bake) -> None:
+    sources = copied_from_context(baked)
+    # A pattern (uv.loc[k]) copies what it matches, and nothing where nothing matches.
+    literal = [source for source in sources if not re.search(r"[*?[]", source)]
+    matched = [
+        str(path.relative_to(baked.path))
+        for source in sources
+        for path in (baked.path.glob(source) if source not in literal else [])
+    ]
+    missing = [source for source in literal if not (baked.path / source).exists()]
+    ignored = [path for path in literal + matched if excluded_from_build_context(baked, path)]
     kept_out = [".env", ".venv", "var", "tests", ".git", "src/pkg/__pycache__"]
 
     assert {"pyproject.toml", "src", "gunicorn.conf.py"} <= set(sources)
     assert ("migrations" in sources) == baked.database
     assert (missing, ignored) == ([], [])
     assert [path for path in kept_out if not excluded_from_build_context(baked, path)] == []
+
+
+def test_image_installs_exactly_the_locked_versions(baked: Bake) -> None:
+    dockerfile = baked.read("Dockerfile")
+    uv_commands = re.findall(r"\buv (?:sync|pip|lock|add|run)\b[^\n\\]*", dockerfile)
+
+    assert "uv.loc[k]" in copied_from_context(baked)
+    assert not excluded_from_build_context(baked, "uv.lock")
+    # The dependencies, then the project itself, never editable: the final stage copies
+    # only the environment.
+    assert [command.strip() for command in uv_commands] == [
+        "uv sync --locked --no-dev --no-install-project",
+        "uv sync --locked --no-dev --no-editable",
+    ]
+
+
+def run_instruction_after(baked: Bake, instruction: str) -> str:
+    """The shell command of the RUN that follows `instruction`, as Docker hands it to sh."""
+    lines = baked.read("Dockerfile").splitlines()
+    start = lines.index(instruction) + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith("\\"))
+    command = "".join(line.removesuffix("\\") for line in lines[start : end + 1])
+    assert command.startswith("RUN ")
+    return re.sub(r"^RUN (--mount=\S+ +)*", "", command)
+
+
+def test_image_build_stops_with_one_line_when_there_is_no_lock(baked: Bake, tmp_path: Path) -> None:
+    # The build stage's install step, run by sh as Docker runs it, where the COPY before it
+    # found no uv.lock; no uv on PATH, so nothing could be resolved instead.
+    install = run_instruction_after(baked, "COPY pyproject.toml uv.loc[k] ./")
+    (tmp_path / "pyproject.toml").write_text(baked.read("pyproject.toml"))
+
+    result = subprocess.run(
+        ["/bin/sh", "-c", install],
+        cwd=tmp_path,
+        env={"PATH": str(tmp_path / "no-uv")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", MISSING_LOCK + "\n")
 
 
 def test_image_runs_gunicorn_as_pid_1_unprivileged_without_build_tools(baked: Bake) -> None:
@@ -488,6 +542,7 @@ def test_ci_workflow_is_valid_against_the_github_workflow_schema(baked: Bake) ->
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert [step["run"] for job in jobs.values() for step in job["steps"] if "run" in step] == [
+        "uv lock --check",
         "make lint",
         "make test",
         f"docker build --tag {baked.name}:ci .",

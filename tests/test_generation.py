@@ -6,7 +6,7 @@ from collections.abc import Callable
 import pytest
 
 from .baked import Project
-from .conftest import supported_combinations
+from .conftest import PYTHON_VERSIONS, SCENARIOS, answers_for, require_tool, supported_combinations
 
 pytestmark = pytest.mark.quick
 UNRENDERED = re.compile(r"{{|{%|cookiecutter\.")
@@ -43,3 +43,15 @@ def test_ruff_and_mypy_strict_pass(baked: Project) -> None:
     for command in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):
         result = baked.run(*command)
         assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_bake_ships_a_lock_that_matches_its_dependencies(
+    scenario: str, bake: Callable[[dict[str, str]], Project]
+) -> None:
+    # The oldest Python's bake: uv locks with a Python the project accepts, and finds this one.
+    baked = bake({**answers_for(scenario), "python_version": PYTHON_VERSIONS[0]})
+
+    result = baked.run(require_tool("uv"), "lock", "--check")
+
+    assert result.returncode == 0, result.stderr

@@ -5,6 +5,7 @@ bakes prove that cookiecutter runs it and that good answers still bake.
 """
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
 
-from .baked import TEMPLATE
+from .baked import MISSING_LOCK, TEMPLATE
 
 pytestmark = pytest.mark.quick
 
@@ -48,7 +49,7 @@ def answers(hook: ModuleType, *given: str) -> dict[str, str]:
     }
 
 
-def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
+def bake(output: Path, *answers: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -60,6 +61,7 @@ def bake(output: Path, *answers: str) -> subprocess.CompletedProcess[str]:
             str(output),
             *answers,
         ],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=False,
@@ -190,6 +192,42 @@ def test_good_answers_bake_and_print_the_next_steps(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "order_service" / "gunicorn.conf.py").is_file()
     assert "make run" in result.stdout
+    assert (tmp_path / "order_service" / "uv.lock").is_file()
+    assert result.stderr == ""  # the lock is written quietly
+
+
+def test_without_the_package_index_the_bake_succeeds_and_says_the_lock_is_missing(
+    tmp_path: Path,
+) -> None:
+    # An index nothing listens at, asked once.
+    unreachable = {"UV_DEFAULT_INDEX": "http://127.0.0.1:9/simple", "UV_HTTP_RETRIES": "0"}
+
+    result = bake(tmp_path, "scenario=websocket", **unreachable)
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "my_service" / "Makefile").is_file()
+    assert not (tmp_path / "my_service" / "uv.lock").exists()
+    assert result.stderr == MISSING_LOCK + "\n"
+
+
+def test_without_uv_the_hook_says_the_lock_is_missing_in_one_line(tmp_path: Path) -> None:
+    # The post-generation hook's lock step alone, on a PATH without uv and with a Python
+    # that sees no installed package (-S), so no `python -m uv` either.
+    hook = TEMPLATE / "hooks" / "post_gen_project.py"
+    write_lock = f"import runpy; runpy.run_path({str(hook)!r})['write_lock']()"
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "0"\n')
+
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", write_lock],
+        cwd=tmp_path,
+        env={"PATH": str(tmp_path / "no-uv")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", MISSING_LOCK + "\n")
+    assert not (tmp_path / "uv.lock").exists()
 
 
 def test_ml_inference_defaults_to_no_database(tmp_path: Path) -> None:
