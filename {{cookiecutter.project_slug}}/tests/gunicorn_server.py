@@ -31,6 +31,8 @@ ANSWER_WITHIN = 10.0
 # Seconds after which the load stops by itself, should a test not stop it: longer than
 # the waits a test does under load.
 LOAD_LIMIT = 5 * PATIENCE
+# What Uvicorn logs as a worker begins to serve, and as it begins to stop.
+STARTED, STOPPING = "Application startup complete.", "Shutting down"
 
 
 class TimedOut(AssertionError):
@@ -66,6 +68,8 @@ class Gunicorn:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    started: set[int] = field(default_factory=set)  # workers that logged the app's startup
+    log_read: int = 0  # bytes of the log read for them
 
     def workers(self) -> set[int]:
         """Pids of the master's live worker processes."""
@@ -76,22 +80,37 @@ class Gunicorn:
             return set()
 
     def serving_workers(self) -> set[int]:
-        """The live workers that have logged the app's startup: they take connections."""
-        started = {
-            entry["pid"]
-            for entry in self.log_entries()
-            if entry.get("logger") == "uvicorn.error"
-            and entry.get("message") == "Application startup complete."
-        }
-        return self.workers() & started
+        """The live workers that have started the app: they take connections."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_read)
+            lines = log.read().split(b"\n")[:-1]  # a line still being written waits
+        self.log_read += sum(len(line) + 1 for line in lines)
+        for line in lines:  # thousands of access lines: only the few that can match are parsed
+            if STARTED.encode() in line and line.startswith(b"{"):
+                self.started.add(json.loads(line)["pid"])
+        return self.workers() & self.started
 
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def log_entries(self) -> list[dict[str, object]]:
-        """The JSON lines logged so far (a line still being written is left out)."""
-        lines = self.log().split("\n")[:-1]
-        return [json.loads(line) for line in lines if line.startswith("{")]
+    def stops_while_none_other_served(self) -> list[int]:
+        """The workers that began to shut down while no other worker served, as the log
+        tells it: each serves from its app's startup to its "Shutting down"."""
+        serving: set[int] = set()
+        alone = []
+        for line in self.log().split("\n")[:-1]:
+            if not line.startswith("{") or not (STARTED in line or STOPPING in line):
+                continue  # an access line: thousands, and none of them is parsed
+            entry = json.loads(line)
+            if entry["logger"] != "uvicorn.error":
+                continue
+            if entry["message"] == STARTED:
+                serving.add(entry["pid"])
+            elif entry["message"] == STOPPING:
+                serving.discard(entry["pid"])
+                if not serving:
+                    alone.append(entry["pid"])
+        return alone
 
     def wait_until_serving(self, workers: int) -> set[int]:
         """Until `workers` workers serve, none of them on its way out; returns their pids."""

@@ -1,11 +1,13 @@
-"""No request is lost while Gunicorn replaces its workers, on a reload (SIGHUP) or as they
-recycle after `max_requests`, under a keep-alive load: the real Gunicorn, two real workers.
+"""No request is lost, and some worker always serves, while Gunicorn replaces its workers
+on a reload (SIGHUP) or as they recycle after `max_requests`, under a keep-alive load: the
+real Gunicorn, this project's gunicorn.conf.py, two real workers.
 
 Stock Uvicorn closes a stopping worker's idle keep-alive connections at once, and a client
-already sending its next request on one of them loses it. The project's worker
-(serving/gunicorn_worker.py) lets them drain, and leaves only while other workers serve.
-It relies on private parts of Uvicorn, uvicorn-worker and Gunicorn (serving/__init__.py
-lists them): a release that changes one fails these tests.
+sending its next request on one of them loses it; its workers leave together, and nothing
+serves while their successors start. The project's worker (serving/gunicorn_worker.py)
+drains those connections and leaves only while another worker serves. It relies on private
+parts of Uvicorn, uvicorn-worker and Gunicorn (serving/__init__.py lists them): a release
+that changes one fails these tests.
 """
 
 import signal
@@ -23,7 +25,7 @@ CLIENTS = 8
 # Seconds each client waits between an answer and its next request: its connection is then
 # idle most of the time, as a stopping worker finds a keep-alive connection, and the
 # clients leave the CPUs to the workers, which must start while the load goes on.
-PAUSE = 0.005
+PAUSE = 0.02
 # Answers the load gets between the steps of a test: each step has then served some.
 ANSWERS = 200
 # Two workers whatever gunicorn.conf.py would choose here: these tests are about worker
@@ -48,7 +50,7 @@ def environment() -> dict[str, str]:
 {%- endif %}
 
 
-def test_a_reload_under_keep_alive_load_loses_no_request(
+def test_a_reload_under_keep_alive_load_loses_no_request_old_workers_serve_till_new_ones_do(
     tmp_path: Path, environment: dict[str, str]
 ) -> None:
     no_recycling = f"{TWO_WORKERS} --max-requests 0"
@@ -65,12 +67,14 @@ def test_a_reload_under_keep_alive_load_loses_no_request(
             "two new workers serving, and the old ones gone",
         )
         load.wait_for_answers(ANSWERS)
+        stopped_alone = server.stops_while_none_other_served()
 
     assert (load.lost, load.refused) == (0, 0), load
     assert set(load.answered) == {200}, load
+    assert stopped_alone == [], "the old workers stopped before the new ones served"
 
 
-def test_recycling_after_max_requests_under_keep_alive_load_loses_no_request(
+def test_recycling_under_keep_alive_load_loses_no_request_and_workers_take_turns(
     tmp_path: Path, environment: dict[str, str]
 ) -> None:
     recycling = f"{TWO_WORKERS} --max-requests 50 --max-requests-jitter 0"
@@ -82,6 +86,8 @@ def test_recycling_after_max_requests_under_keep_alive_load_loses_no_request(
 
         wait_until(lambda: not server.workers() & first_workers, "both first workers recycled")
         load.wait_for_answers(ANSWERS)
+        stopped_alone = server.stops_while_none_other_served()
 
     assert (load.lost, load.refused) == (0, 0), load
     assert set(load.answered) == {200}, load
+    assert stopped_alone == [], "workers recycled at once, leaving none to serve"
