@@ -5,12 +5,14 @@ real Gunicorn, this project's gunicorn.conf.py, two real workers.
 Stock Uvicorn closes a stopping worker's idle keep-alive connections at once, and a client
 sending its next request on one of them loses it; its workers leave together, and nothing
 serves while their successors start. The project's worker (serving/gunicorn_worker.py)
-drains those connections and leaves only while another worker serves. It relies on private
-parts of Uvicorn, uvicorn-worker and Gunicorn (serving/__init__.py lists them): a release
-that changes one fails these tests.
+drains those connections and leaves only while another worker serves. It also refuses a
+request head over Gunicorn's limits or too slow to come, before the app sees it. It relies
+on private parts of Uvicorn, uvicorn-worker and Gunicorn (serving/__init__.py lists them):
+a release that changes one fails these tests.
 """
 
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,8 @@ import pytest
 from {{ cookiecutter.project_slug }}.inference import train
 {%- endif %}
 
-from .gunicorn_server import gunicorn, keep_alive_load, wait_until
+from .gunicorn_server import gunicorn, keep_alive_load, read_answer, wait_until
+from .test_gunicorn_conf import resolved_config
 
 CLIENTS = 8
 # Seconds each client waits between an answer and its next request: its connection is then
@@ -91,3 +94,33 @@ def test_recycling_under_keep_alive_load_loses_no_request_and_workers_take_turns
     assert (load.lost, load.refused) == (0, 0), load
     assert set(load.answered) == {200}, load
     assert stopped_alone == [], "workers recycled at once, leaving none to serve"
+
+
+def answer_to(port: int, request: bytes) -> int:
+    """The status of the answer to `request`, sent on a new connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        return read_answer(connection)[0]
+
+
+def test_a_head_over_its_limits_or_too_slow_is_refused_before_the_app(
+    tmp_path: Path, environment: dict[str, str]
+) -> None:
+    config = resolved_config()
+    line, fields, field_size = (
+        int(str(config[limit]))
+        for limit in ("limit_request_line", "limit_request_fields", "limit_request_field_size")
+    )
+    many_headers = b"".join(b"x-%d: 1\r\n" % n for n in range(fields + 1))
+    with gunicorn(tmp_path, {"HEADER_TIMEOUT": "0.5", **environment}, workers=1) as server:
+        statuses = [
+            answer_to(server.port, request)
+            for request in (
+                b"GET /health/live?%s HTTP/1.1\r\nhost: a\r\n\r\n" % (b"q" * line),
+                b"GET /health/live HTTP/1.1\r\nhost: a\r\n%s\r\n" % many_headers,
+                b"GET /health/live HTTP/1.1\r\nx-big: %s\r\n\r\n" % (b"b" * field_size),
+                b"GET /health/live HTTP/1.1\r\nhost: a\r\n",  # and nothing more
+            )
+        ]
+
+    assert statuses == [414, 431, 431, 408]
