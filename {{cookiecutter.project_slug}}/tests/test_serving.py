@@ -22,15 +22,14 @@ from {{ cookiecutter.project_slug }}.inference import train
 {%- endif %}
 
 from .gunicorn_server import gunicorn, keep_alive_load, read_answer, wait_until
-from .test_gunicorn_conf import resolved_config
 
-CLIENTS = 8
+CLIENTS = 4
 # Seconds each client waits between an answer and its next request: its connection is then
 # idle most of the time, as a stopping worker finds a keep-alive connection, and the
 # clients leave the CPUs to the workers, which must start while the load goes on.
 PAUSE = 0.02
 # Answers the load gets between the steps of a test: each step has then served some.
-ANSWERS = 200
+ANSWERS = 100
 # Two workers whatever gunicorn.conf.py would choose here: these tests are about worker
 # processes, and ask only /health/live.
 TWO_WORKERS = "--workers 2"
@@ -106,19 +105,19 @@ def answer_to(port: int, request: bytes) -> int:
 def test_a_head_over_its_limits_or_too_slow_is_refused_before_the_app(
     tmp_path: Path, environment: dict[str, str]
 ) -> None:
-    config = resolved_config()
-    line, fields, field_size = (
-        int(str(config[limit]))
-        for limit in ("limit_request_line", "limit_request_fields", "limit_request_field_size")
-    )
-    many_headers = b"".join(b"x-%d: 1\r\n" % n for n in range(fields + 1))
-    with gunicorn(tmp_path, {"HEADER_TIMEOUT": "0.5", **environment}, workers=1) as server:
+    limits = "--limit-request-line 100 --limit-request-fields 10 --limit-request-field_size 100"
+    many_headers = b"".join(b"x-%d: 1\r\n" % n for n in range(11))
+    with gunicorn(
+        tmp_path,
+        {"GUNICORN_CMD_ARGS": limits, "HEADER_TIMEOUT": "0.5", **environment},
+        workers=1,
+    ) as server:
         statuses = [
             answer_to(server.port, request)
             for request in (
-                b"GET /health/live?%s HTTP/1.1\r\nhost: a\r\n\r\n" % (b"q" * line),
+                b"GET /health/live?%s HTTP/1.1\r\nhost: a\r\n\r\n" % (b"q" * 100),
                 b"GET /health/live HTTP/1.1\r\nhost: a\r\n%s\r\n" % many_headers,
-                b"GET /health/live HTTP/1.1\r\nx-big: %s\r\n\r\n" % (b"b" * field_size),
+                b"GET /health/live HTTP/1.1\r\nx-big: %s\r\n\r\n" % (b"b" * 100),
                 b"GET /health/live HTTP/1.1\r\nhost: a\r\n",  # and nothing more
             )
         ]
