@@ -49,12 +49,14 @@ def wait_until(condition: Callable[[], object], what: str, within: float = PATIE
         time.sleep(0.02)
 
 
-def free_port() -> int:
-    """A free loopback port below the kernel's range for outgoing connections, so that
-    none of the load's connections can take it before Gunicorn binds it."""
+def free_port(but: int = 0) -> int:
+    """A free loopback port (not `but`) below the kernel's range for outgoing connections,
+    so that none of the load's connections can take it before Gunicorn binds it."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     while True:
         port = random.randrange(10_000, low)  # noqa: S311 (not a secret)
+        if port == but:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
@@ -112,12 +114,18 @@ class Gunicorn:
                     alone.append(entry["pid"])
         return alone
 
+    def lifecycle(self) -> str:
+        """The log but the access lines: what the master and the workers did."""
+        return "\n".join(
+            line for line in self.log().split("\n") if '"logger": "access"' not in line
+        )
+
     def wait_until_serving(self, workers: int) -> set[int]:
-        """Until `workers` workers serve, none of them on its way out; returns their pids."""
+        """Until the master has `workers` workers, each of them serving; returns their pids."""
 
         def serving() -> bool:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Gunicorn exited:\n{self.log()}")
+                raise RuntimeError(f"Gunicorn exited:\n{self.lifecycle()}")
             current = self.workers()
             return len(current) == workers and current == self.serving_workers()
 
@@ -130,7 +138,7 @@ class Gunicorn:
             self.process.send_signal(signal.SIGTERM)
             with suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=PATIENCE)
-        with suppress(ProcessLookupError):  # workers left behind by a master that failed
+        with suppress(ProcessLookupError):  # workers a killed master left (usually none)
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
@@ -147,7 +155,7 @@ def gunicorn(workdir: Path, env: dict[str, str], workers: int = 2) -> Iterator[G
             cwd=workdir,
             env=clean_env(
                 PORT=str(port),
-                METRICS_PORT=str(free_port()),
+                METRICS_PORT=str(free_port(but=port)),
                 WEB_CONCURRENCY=str(workers),
                 PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"),
             )
@@ -160,6 +168,9 @@ def gunicorn(workdir: Path, env: dict[str, str], workers: int = 2) -> Iterator[G
     try:
         server.wait_until_serving(workers)
         yield server
+    except BaseException:
+        print(server.lifecycle())  # shown with the failure
+        raise
     finally:
         server.stop()
 
