@@ -52,7 +52,7 @@ def environment() -> dict[str, str]:
 {%- endif %}
 
 
-def test_a_reload_under_keep_alive_load_loses_no_request_old_workers_serve_till_new_ones_do(
+def test_a_reload_under_keep_alive_load_loses_no_request_and_old_workers_serve_till_new_ones_do(
     tmp_path: Path, environment: dict[str, str]
 ) -> None:
     no_recycling = f"{TWO_WORKERS} --max-requests 0"
