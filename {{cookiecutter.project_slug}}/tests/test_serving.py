@@ -55,7 +55,9 @@ def environment() -> dict[str, str]:
 def test_a_reload_under_keep_alive_load_loses_no_request_and_old_workers_serve_till_new_ones_do(
     tmp_path: Path, environment: dict[str, str]
 ) -> None:
-    no_recycling = f"{TWO_WORKERS} --max-requests 0"
+    # Old workers wait for the new ones at most graceful_timeout (10 s in some profiles): a
+    # busy machine may take longer to start a worker.
+    no_recycling = f"{TWO_WORKERS} --max-requests 0 --graceful-timeout 60"
     with (
         gunicorn(tmp_path, {"GUNICORN_CMD_ARGS": no_recycling, **environment}) as server,
         keep_alive_load(server.port, "/health/live", CLIENTS, PAUSE) as load,
