@@ -22,7 +22,7 @@ uvicorn-worker: `Worker` subclasses `UvicornWorker`.
   Uvicorn's `Server`. A release that renames it leaves Uvicorn's server running: no
   turns, no staying through a reload, and no recycling at all (`limit_max_requests` is
   cleared here); one that adds a step to it is missing that step here.
-  Breaks: tests/test_serving.py, both tests.
+  Breaks: tests/test_serving.py (the reload and the recycling tests).
 - `UvicornWorker._install_sigquit_handler()`, called by that copy.
   Breaks: tests/test_serving.py (no worker boots).
 
