@@ -53,8 +53,8 @@ Uvicorn's HTTP protocol: `ServingProtocol` subclasses `HttpToolsProtocol`, from
 Uvicorn's server: `RecyclingServer` subclasses `uvicorn.Server`.
 - `on_tick(counter)`, which `main_loop` calls every 0.1 s and which ends the worker by
   returning True: recycling once the turns allow it, leaving after a reload once the new
-  workers serve, and the request deadlines. Breaks: tests/test_serving.py (no worker
-  recycles, and a slow head gets no 408).
+  workers serve, and the request deadlines. Breaks: tests/test_serving.py, every test (no
+  worker recycles or leaves after a reload, and a slow head gets no 408).
 - `handle_exit(sig, frame)`, the handler of SIGTERM and SIGINT: a worker being replaced
   by a reload ignores its first SIGTERM. Breaks: tests/test_serving.py (the reload test
   sees the old workers stop before the new ones serve).
