@@ -1,5 +1,7 @@
 """Each baked project's own test suite passes, on SQLite and, with a database, on PostgreSQL."""
 
+import re
+
 import pytest
 
 from .baked import Project
@@ -15,6 +17,8 @@ def test_suite_passes_on_sqlite(project: Project) -> None:
 
     assert " passed" in result.stdout
     assert " failed" not in result.stdout
+    # The worker under a real Gunicorn, through a reload and a recycle: run, none skipped.
+    assert re.search(r"^tests/test_serving\.py \.+ ", result.stdout, re.MULTILINE), result.stdout
 
 
 @pytest.mark.parametrize(

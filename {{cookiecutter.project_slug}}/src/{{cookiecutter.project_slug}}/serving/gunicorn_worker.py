@@ -54,7 +54,7 @@ from uvicorn import Config, Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-{% if cookiecutter.scenario == "websocket" -%}
+{% if cookiecutter.__rooms -%}
 from ..rooms import protocol as rooms_protocol
 {% endif -%}
 from ..settings import get_settings
@@ -446,7 +446,7 @@ class Worker(UvicornWorker):
                 body_timeout=settings.body_timeout,
             )
         )
-{%- if cookiecutter.scenario == "websocket" %}
+{%- if cookiecutter.__rooms %}
         # Heartbeats, idle timeout, message size and 1001 on shutdown (rooms/protocol.py).
         rooms_protocol.configure(self.config, settings)
 {%- endif %}
