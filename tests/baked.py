@@ -56,15 +56,15 @@ def find_interpreter(version: str) -> str | None:
     return uv.stdout.strip() if uv.returncode == 0 else None
 
 
-def venv_for(interpreter: str) -> Path:
-    """The environment shared by every bake on this interpreter's Python version."""
+def venv_for(interpreter: str, kind: str = "") -> Path:
+    """The environment shared by the bakes of one kind on this interpreter's Python version."""
     version = subprocess.run(
         [interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    venv = CACHE / f"baked-venv-{version}"
+    venv = CACHE / f"baked-venv-{version}{'-' * bool(kind)}{kind}"
     with exclusively(venv):
         if not (venv / "bin" / "python").exists():
             subprocess.run(

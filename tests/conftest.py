@@ -1,7 +1,7 @@
 """Fixtures for the template's tests: bakes, shared virtual environments, real services.
 
-Every baked project installs into one virtual environment per Python version
-(.cache/baked-venv-<version>), so a bake costs seconds, not a fresh install. With
+Baked projects install into virtual environments shared per Python version and kind of
+bake (.cache/baked-venv-<version>[-<kind>]), so a bake costs seconds, not a fresh install. With
 REQUIRE_SERVICES=1 (CI) a real service or tool that cannot be reached fails the tests that
 need it instead of skipping them. The run keeps to its own database, Redis prefixes and
 RabbitMQ vhosts on the shared servers (tests/services.py) and removes them when it ends.
@@ -233,13 +233,22 @@ def bake(cookies_session: object, baked_venv: Path) -> Callable[[dict[str, str]]
 
 
 @pytest.fixture(scope="session")
-def scenario_bakes(cookies_session: object, baked_venv: Path) -> Callable[[str], Project]:
-    """Bakes each scenario at most once per xdist worker, whatever order its tests come in."""
+def scenario_bakes(cookies_session: object) -> Callable[[str], Project]:
+    """Bakes each scenario at most once per xdist worker, whatever order its tests come in.
+
+    `make install` installs exactly what the bake's uv.lock names, and the locks of bakes
+    with jobs pin a package the others lock newer (kombu[redis] pins packaging): served
+    bakes with jobs and without get an environment each, or every install would swap that
+    package under the tests running meanwhile. (The linters' environment, baked_venv, holds
+    every dependency and runs nothing.)"""
+    python = require_python(PYTHON_VERSIONS[0])
 
     @functools.cache
     def bake_scenario(scenario: str) -> Project:
-        path = bake_path(cookies_session, answers_for(scenario))
-        baked = Project(path, answers_for(scenario), baked_venv)
+        answers = answers_for(scenario)
+        kind = "served-jobs" if "jobs" in features_of(answers) else "served"
+        path = bake_path(cookies_session, answers)
+        baked = Project(path, answers, venv_for(python, kind))
         baked.make("install")
         if "inference" in baked.features:
             baked.make("model")

@@ -3,6 +3,7 @@
 import importlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
@@ -39,6 +40,16 @@ def settings(request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture
+def server_environment(request: pytest.FixtureRequest) -> dict[str, str]:
+    """What a real server of this service needs set in the tests, feature by feature."""
+    environment: dict[str, str] = {}
+    for feature in FEATURES:
+        if hasattr(fixtures_of(feature), f"{feature}_environment"):
+            environment |= request.getfixturevalue(f"{feature}_environment")
+    return environment
+
+
+@pytest.fixture
 def app(settings: Settings) -> FastAPI:
     return create_app(settings)
 
@@ -50,6 +61,10 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
         for feature in FEATURES:
-            reset = getattr(importlib.import_module(f"tests.fixtures.{feature}"), "reset", None)
+            reset = getattr(fixtures_of(feature), "reset", None)
             if reset is not None:
                 await reset(app)
+
+
+def fixtures_of(feature: str) -> ModuleType:
+    return importlib.import_module(f"tests.fixtures.{feature}")

@@ -15,12 +15,6 @@ import signal
 import socket
 from pathlib import Path
 
-import pytest
-{%- if cookiecutter.__inference %}
-
-from {{ cookiecutter.project_slug }}.inference import train
-{%- endif %}
-
 from .gunicorn_server import gunicorn, keep_alive_load, read_answer, wait_until
 
 CLIENTS = 4
@@ -33,33 +27,16 @@ ANSWERS = 100
 # Two workers whatever gunicorn.conf.py would choose here: these tests are about worker
 # processes, and ask only /health/live.
 TWO_WORKERS = "--workers 2"
-{%- if cookiecutter.__inference %}
-
-
-@pytest.fixture(scope="module")
-def environment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The model `make model` trains, in a directory of the tests' own."""
-    model = tmp_path_factory.mktemp("model") / "model.joblib"
-    train.save(*train.train(), model)
-    return {"MODEL_PATH": str(model)}
-{%- else %}
-
-
-@pytest.fixture
-def environment() -> dict[str, str]:
-    """The embedded defaults: nothing to set."""
-    return {}
-{%- endif %}
 
 
 def test_a_reload_under_keep_alive_load_loses_no_request_and_old_workers_serve_till_new_ones_do(
-    tmp_path: Path, environment: dict[str, str]
+    tmp_path: Path, server_environment: dict[str, str]
 ) -> None:
     # Old workers wait for the new ones at most graceful_timeout (10 s in some profiles): a
     # busy machine may take longer to start a worker.
     no_recycling = f"{TWO_WORKERS} --max-requests 0 --graceful-timeout 60"
     with (
-        gunicorn(tmp_path, {"GUNICORN_CMD_ARGS": no_recycling, **environment}) as server,
+        gunicorn(tmp_path, {"GUNICORN_CMD_ARGS": no_recycling, **server_environment}) as server,
         keep_alive_load(server.port, "/health/live", CLIENTS, PAUSE) as load,
     ):
         load.wait_for_answers(ANSWERS)
@@ -79,11 +56,11 @@ def test_a_reload_under_keep_alive_load_loses_no_request_and_old_workers_serve_t
 
 
 def test_recycling_under_keep_alive_load_loses_no_request_and_workers_take_turns(
-    tmp_path: Path, environment: dict[str, str]
+    tmp_path: Path, server_environment: dict[str, str]
 ) -> None:
     recycling = f"{TWO_WORKERS} --max-requests 50 --max-requests-jitter 0"
     with (
-        gunicorn(tmp_path, {"GUNICORN_CMD_ARGS": recycling, **environment}) as server,
+        gunicorn(tmp_path, {"GUNICORN_CMD_ARGS": recycling, **server_environment}) as server,
         keep_alive_load(server.port, "/health/live", CLIENTS, PAUSE) as load,
     ):
         first_workers = server.workers()
@@ -105,13 +82,13 @@ def answer_to(port: int, request: bytes) -> int:
 
 
 def test_a_head_over_its_limits_or_too_slow_is_refused_before_the_app(
-    tmp_path: Path, environment: dict[str, str]
+    tmp_path: Path, server_environment: dict[str, str]
 ) -> None:
     limits = "--limit-request-line 100 --limit-request-fields 10 --limit-request-field_size 100"
     many_headers = b"".join(b"x-%d: 1\r\n" % n for n in range(11))
     with gunicorn(
         tmp_path,
-        {"GUNICORN_CMD_ARGS": limits, "HEADER_TIMEOUT": "0.5", **environment},
+        {"GUNICORN_CMD_ARGS": limits, "HEADER_TIMEOUT": "0.5", **server_environment},
         workers=1,
     ) as server:
         statuses = [

@@ -11,7 +11,7 @@ setting, set from the environment as `<TABLE>_<KEY>`: `[gunicorn] timeout` is
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -36,6 +36,9 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+
+if TYPE_CHECKING:
+    from uvicorn import Config
 
 PROFILES = Path(__file__).with_name("profiles")
 # The base first: the scenario's file overrides it, table by table.
@@ -230,6 +233,10 @@ class ServiceSettings(BaseSettings):
         """This process is one of `workers` Gunicorn workers: budgets of the whole service
         are shared among them."""
         self._workers = workers
+
+    def configure_worker(self, config: "Config") -> None:
+        """Set what a feature needs of the Uvicorn configuration of each worker (the rooms:
+        their WebSocket protocol); the HTTP side is the worker's own (serving/)."""
 
     def prepare_master(self) -> dict[str, object]:
         """What the Gunicorn master makes ready before it forks (a feature whose files must

@@ -19,13 +19,13 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from ..settings import Settings
+from .settings import RoomSettings
 
 GOING_AWAY = 1001
 INVALID_DATA = 1007
 
 
-def configure(config: Config, settings: Settings) -> None:
+def configure(config: Config, settings: RoomSettings) -> None:
     config.ws = RoomsWebSocketProtocol
     config.ws_ping_interval = settings.ws_heartbeat_interval
     # Uvicorn waits this long for a pong after each ping: silence, pongs included, lasts at

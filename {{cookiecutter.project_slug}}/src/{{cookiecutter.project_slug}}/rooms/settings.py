@@ -1,10 +1,13 @@
 """The rooms' settings: Redis between workers, and how long-lived connections are kept."""
 
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import Field, field_validator, model_validator
 
 from ..service_settings import CommaSeparated, ServiceSettings
+
+if TYPE_CHECKING:
+    from uvicorn import Config
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -44,3 +47,9 @@ class RoomSettings(ServiceSettings):
             # Without Redis a room message reaches only the clients of the worker it arrives on.
             return 1, f"1, not {workers} ({source}): without REDIS_URL rooms are per worker"
         return workers, source
+
+    def configure_worker(self, config: "Config") -> None:
+        # Heartbeats, idle timeout, message size and 1001 on shutdown (rooms/protocol.py).
+        from .protocol import configure  # imports Uvicorn's WebSocket protocol: workers only
+
+        configure(config, self)

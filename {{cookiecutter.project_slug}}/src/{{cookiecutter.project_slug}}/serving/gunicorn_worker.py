@@ -54,9 +54,6 @@ from uvicorn import Config, Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-{% if cookiecutter.__rooms -%}
-from ..rooms import protocol as rooms_protocol
-{% endif -%}
 from ..settings import get_settings
 
 logger = logging.getLogger("uvicorn.error")
@@ -446,10 +443,7 @@ class Worker(UvicornWorker):
                 body_timeout=settings.body_timeout,
             )
         )
-{%- if cookiecutter.__rooms %}
-        # Heartbeats, idle timeout, message size and 1001 on shutdown (rooms/protocol.py).
-        rooms_protocol.configure(self.config, settings)
-{%- endif %}
+        settings.configure_worker(self.config)
 
     async def _serve(self) -> None:
         # uvicorn_worker's own _serve, with a server that takes turns to recycle.
