@@ -97,13 +97,13 @@ def problems(answers: dict[str, str]) -> list[str]:
     for option in ("use_celery", "kubernetes"):
         if answers[option] not in YES_NO:
             found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
-    profile = json.loads(answers["scenarios"])[scenario]
-    if profile["serves"] == "jobs" and answers["use_celery"] == "no":
+    row = json.loads(answers["scenarios"])[scenario]
+    if row["serves"] == "jobs" and answers["use_celery"] == "no":
         found.append(f"scenario {scenario!r} runs its jobs on Celery: answer use_celery=yes.")
-    if profile["database"] == "refused":
+    if row["database"] == "refused":
         if answers["database"] != "none":
             found.append(
-                f"scenario {scenario!r} {profile['does']} and keeps no data: "
+                f"scenario {scenario!r} {row['does']} and keeps no data: "
                 "answer database=none (its default)."
             )
         elif answers["use_celery"] == "yes":
@@ -111,9 +111,9 @@ def problems(answers: dict[str, str]) -> list[str]:
                 f"scenario {scenario!r} keeps no data, and Celery jobs live in a database "
                 "table: answer use_celery=no."
             )
-    elif answers["database"] == "none" and profile["serves"] != "jobs":
+    elif answers["database"] == "none" and row["serves"] != "jobs":
         found.append(
-            f"scenario {scenario!r} {profile['does']} in a database: answer database=postgresql."
+            f"scenario {scenario!r} {row['does']} in a database: answer database=postgresql."
         )
     elif answers["database"] == "none" and answers["use_celery"] == "yes":
         found.append(

@@ -5,7 +5,9 @@ bakes prove that cookiecutter runs it and that good answers still bake.
 """
 
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +260,39 @@ def test_batch_asks_for_celery_by_default(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "my_service" / "src" / "my_service" / "jobs" / "celery_app.py").is_file()
     assert "make worker" in result.stdout
+
+
+# The shape of the template: features, not scenarios.
+
+PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
+# The files that must ask features (the Python files, and these three).
+ASKING_FEATURES = [
+    *PROJECT.rglob("*.py"),
+    *(PROJECT / name for name in ("Makefile", "pyproject.toml", "compose.yaml")),
+]
+JINJA_TAG = re.compile(r"\{%.*?%\}", re.DOTALL)
+SCENARIOS = json.loads((TEMPLATE / "cookiecutter.json").read_text())["scenario"]
+
+
+def test_jinja_in_the_project_asks_about_features_never_a_scenario() -> None:
+    tags = {path: JINJA_TAG.findall(path.read_text()) for path in ASKING_FEATURES}
+    naming_a_scenario = [
+        f"{path.relative_to(PROJECT)}: {tag}"
+        for path, found in tags.items()
+        for tag in found
+        if "scenario" in tag or any(name in tag for name in SCENARIOS)
+    ]
+
+    assert naming_a_scenario == []
+    assert sum(len(found) for path, found in tags.items() if path.suffix == ".py") <= 60
+
+
+def test_features_start_after_the_database_they_use() -> None:
+    # main.py starts the features in the order of this table, and items and jobs use the
+    # database's sessions.
+    features = list(json.loads((TEMPLATE / "cookiecutter.json").read_text())["_features"])
+
+    assert features[0] == "database"
 
 
 def test_the_templates_own_code_is_lint_clean() -> None:

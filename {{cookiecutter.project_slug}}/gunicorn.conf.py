@@ -31,6 +31,8 @@ from {{ cookiecutter.project_slug }}.serving.gunicorn_worker import (
 from {{ cookiecutter.project_slug }}.serving.logs import logging_config
 from {{ cookiecutter.project_slug }}.settings import get_settings
 
+# Gunicorn runs this file again on a reload (SIGHUP): read .env and the profiles again too.
+get_settings.cache_clear()
 settings = get_settings()  # exits with one readable line if the configuration is wrong
 cpus = effective_cpu_count()
 
@@ -57,7 +59,7 @@ limit_request_line = gunicorn_settings.limit_request_line
 limit_request_fields = gunicorn_settings.limit_request_fields
 limit_request_field_size = gunicorn_settings.limit_request_field_size
 # Recycling replaces a worker only after it has exited: with a single worker nothing serves
-# while the new one imports the app (docs/performance.md has the cost), so it is off.
+# while the new one imports the app, so it is off.
 max_requests = gunicorn_settings.max_requests if workers > 1 else 0
 max_requests_jitter = gunicorn_settings.max_requests_jitter if workers > 1 else 0
 preload_app = settings.preload
@@ -92,7 +94,13 @@ metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_starting(server: Arbiter) -> None:
-    """Start counting from zero: samples left by an earlier run would be summed in."""
+    """Refuse a worker count the service cannot run (`--workers` in GUNICORN_CMD_ARGS is
+    only known here), and start counting from zero: samples left by an earlier run would
+    be summed in."""
+    try:
+        settings.check_workers(server.cfg.workers)
+    except ValueError as error:
+        raise SystemExit(f"invalid configuration: {error}") from None
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
 

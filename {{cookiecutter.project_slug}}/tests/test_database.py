@@ -3,6 +3,8 @@ and which keep their own answer (built as SQLAlchemy raises them from asyncpg), 
 readiness when it cannot be reached."""
 
 import sqlite3
+import subprocess
+import sys
 import time
 
 import asyncpg  # type: ignore[import-untyped]
@@ -17,9 +19,10 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 
 from {{ cookiecutter.project_slug }}.db import is_unavailable
 from {{ cookiecutter.project_slug }}.main import create_app
+from {{ cookiecutter.project_slug }}.service_settings import ServiceSettings
 from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
 
-from .test_gunicorn_conf import run_config
+from .test_gunicorn_conf import PROJECT_ROOT, clean_env, run_config
 
 DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
 
@@ -105,12 +108,30 @@ def test_a_sync_database_url_is_refused_with_the_fix(monkeypatch: pytest.MonkeyP
     assert "postgresql+asyncpg://" in str(refusal.value)
 
 
-def test_each_worker_takes_an_equal_share_of_the_connections() -> None:
+def test_each_worker_takes_an_equal_share_of_the_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = Settings(_env_file=None, db_max_connections=20)
+    # The share is a fact of the process: put it back after the test.
+    monkeypatch.setattr(ServiceSettings, "workers_in_service", ServiceSettings.workers_in_service)
 
     settings.share_among(3)
 
     assert settings.connections_per_worker == 6
+
+
+def test_an_empty_database_url_is_refused_not_replaced_by_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The systemd unit's env file ships DATABASE_URL= until the operator names a database.
+    monkeypatch.setenv("DATABASE_URL", "")
+    get_settings.cache_clear()
+
+    with pytest.raises(SystemExit) as refusal:
+        get_settings()
+
+    get_settings.cache_clear()
+    assert str(refusal.value).startswith("invalid configuration: DATABASE_URL: must start with")
 
 
 def test_fewer_connections_than_workers_is_refused_in_one_line() -> None:
@@ -121,3 +142,20 @@ def test_fewer_connections_than_workers_is_refused_in_one_line() -> None:
         "invalid configuration: DB_MAX_CONNECTIONS (3) is below the number of workers (4): "
         "each worker needs at least one connection"
     ]
+
+
+def test_more_workers_than_connections_asked_of_gunicorn_itself_are_refused() -> None:
+    # GUNICORN_CMD_ARGS is read by Gunicorn after gunicorn.conf.py: the count is checked as
+    # Gunicorn starts, before it binds or forks.
+    start = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    environment = clean_env(GUNICORN_CMD_ARGS="--workers 4", DB_MAX_CONNECTIONS="3")
+
+    result = subprocess.run(
+        start, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "invalid configuration: DB_MAX_CONNECTIONS (3) is below the number of workers (4): "
+        "each worker needs at least one connection"
+    )

@@ -297,7 +297,10 @@ async def test_a_client_that_reads_nothing_is_let_go_after_the_idle_timeout(
         async with asyncio.timeout(WAIT):
             while websockets_open(served.server):  # noqa: ASYNC110 (a count, not an event)
                 await asyncio.sleep(0.05)
+        let_go = not websockets_open(served.server)
         deaf.close()
+
+    assert let_go, "the client that reads nothing still holds its connection"
 
 
 async def deaf_client(address: str, room: str) -> asyncio.StreamWriter:

@@ -24,17 +24,15 @@ class DatabaseSettings(ServiceSettings):
             )
         return url
 
-    def workers_for(self, cpus: int) -> tuple[int, str]:
-        workers, source = super().workers_for(cpus)
+    def check_workers(self, workers: int) -> None:
         if self.db_max_connections < workers:
             raise ValueError(
                 f"DB_MAX_CONNECTIONS ({self.db_max_connections}) is below the number of workers "
                 f"({workers}): each worker needs at least one connection"
             )
-        return workers, source
 
     @property
     def connections_per_worker(self) -> int:
-        # At least one: a pool of size 0 would have no limit at all (GUNICORN_CMD_ARGS may
-        # ask for more workers than the check in workers_for saw).
-        return max(1, self.db_max_connections // self._workers)
+        # At least one: a pool of size 0 would have no limit at all (Gunicorn's TTIN signal
+        # may add workers after the start's check).
+        return max(1, self.db_max_connections // self.workers_in_service)

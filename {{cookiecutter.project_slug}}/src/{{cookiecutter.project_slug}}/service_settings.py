@@ -11,7 +11,7 @@ setting, set from the environment as `<TABLE>_<KEY>`: `[gunicorn] timeout` is
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -62,6 +62,15 @@ def _split_commas(value: object) -> object:
 CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 
+def _empty_is_unset(value: object) -> object:
+    return None if value == "" else value
+
+
+# An optional setting given as an empty variable (WEB_CONCURRENCY=) is an unset one. Only
+# these: an empty DATABASE_URL or SECRET_KEY must be refused, not replaced by the default.
+EmptyIsUnset = BeforeValidator(_empty_is_unset)
+
+
 class GunicornSettings(BaseModel):
     """The `[gunicorn]` table: Gunicorn's own settings, under its names (GUNICORN_CMD_ARGS,
     read by Gunicorn after gunicorn.conf.py, still overrides any of them)."""
@@ -82,7 +91,7 @@ class GunicornSettings(BaseModel):
     worker_tmp_dir: str
     # A control socket is one more way in, and two instances would share its path: none
     # unless GUNICORN_CONTROL_SOCKET names one.
-    control_socket: str | None = None
+    control_socket: Annotated[str | None, EmptyIsUnset] = None
 
 
 class ServiceSettings(BaseSettings):
@@ -93,8 +102,6 @@ class ServiceSettings(BaseSettings):
         # CELERY_TIME_LIMIT is `time_limit` in the `celery` setting: one `_` is the nesting.
         env_nested_delimiter="_",
         env_nested_max_split=1,
-        # An empty variable (`WEB_CONCURRENCY=`) is an unset one.
-        env_ignore_empty=True,
     )
 
     environment: Literal["development", "production"] = "development"
@@ -118,14 +125,14 @@ class ServiceSettings(BaseSettings):
 
     gunicorn: GunicornSettings
     # Workers; default: the profile's workers per usable CPU (gunicorn.conf.py).
-    web_concurrency: int | None = Field(default=None, ge=1)
+    web_concurrency: Annotated[int | None, EmptyIsUnset] = Field(default=None, ge=1)
     # Load the app in the Gunicorn master before forking the workers.
     preload: bool
     port: int = Field(default=8000, ge=1, le=65535)
     # The listener that alone serves /metrics: keep it where the scraper reaches it and
     # clients do not (the Kubernetes NetworkPolicy opens it to the monitoring namespace).
     metrics_port: int = Field(default=9464, ge=1, le=65535)
-    bind: str | None = None
+    bind: Annotated[str | None, EmptyIsUnset] = None
     # Proxies whose X-Forwarded-* headers are believed.
     forwarded_allow_ips: str
     # The project's Uvicorn worker, or Gunicorn's own "asgi" worker.
@@ -138,8 +145,10 @@ class ServiceSettings(BaseSettings):
 {%- endif %}
 
     # The workers among which the service's budgets are shared: Gunicorn's count, in each
-    # worker it forks (gunicorn.conf.py's post_fork); 1 anywhere else.
-    _workers: int = PrivateAttr(default=1)
+    # worker it forks (gunicorn.conf.py's post_fork); 1 anywhere else. A fact of the
+    # process, not of one settings object: a reload reads the settings again, while a
+    # preloaded app keeps the object it was created with.
+    workers_in_service: ClassVar[int] = 1
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
@@ -224,15 +233,22 @@ class ServiceSettings(BaseSettings):
 
         Raises ValueError, naming the setting, when this service cannot run that many."""
         if self.web_concurrency:
-            return self.web_concurrency, "WEB_CONCURRENCY"
-        table = self.gunicorn
-        workers = max(1, table.workers_per_cpu * cpus + table.extra_workers)
-        return workers, f"{table.workers_per_cpu} x CPUs + {table.extra_workers}"
+            workers, source = self.web_concurrency, "WEB_CONCURRENCY"
+        else:
+            table = self.gunicorn
+            workers = max(1, table.workers_per_cpu * cpus + table.extra_workers)
+            source = f"{table.workers_per_cpu} x CPUs + {table.extra_workers}"
+        self.check_workers(workers)
+        return workers, source
 
-    def share_among(self, workers: int) -> None:
+    @classmethod
+    def share_among(cls, workers: int) -> None:
         """This process is one of `workers` Gunicorn workers: budgets of the whole service
         are shared among them."""
-        self._workers = workers
+        ServiceSettings.workers_in_service = workers
+
+    def check_workers(self, workers: int) -> None:
+        """Raise ValueError, naming the setting, when this service cannot run `workers`."""
 
     def configure_worker(self, config: "Config") -> None:
         """Set what a feature needs of the Uvicorn configuration of each worker (the rooms:

@@ -25,13 +25,20 @@ from .rooms.settings import RoomSettings
 
 class Settings(RoomSettings):
     """Every knob of this service: the rooms', and the service's own."""
-{%- else %}
+{%- elif cookiecutter.__inference %}
 
 from .inference.settings import InferenceSettings
 
 
 class Settings(InferenceSettings):
     """Every knob of this service: the model's, and the service's own."""
+{%- else %}
+
+from .service_settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """Every knob of this service."""
 {%- endif %}
 
 

@@ -1,11 +1,12 @@
 """The jobs' settings: the broker, how Celery workers run the jobs (`[celery]` in the
 profiles, CELERY_<KEY> in the environment), and the API's side of the jobs."""
 
-from typing import Self
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from ..db_settings import DatabaseSettings
+from ..service_settings import EmptyIsUnset
 
 BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "sqla+sqlite://")
 
@@ -17,7 +18,7 @@ class CelerySettings(BaseModel):
 
     processes_per_cpu: PositiveInt
     # Worker processes per Celery worker; default: processes_per_cpu per usable CPU.
-    concurrency: int | None = Field(default=None, ge=1)
+    concurrency: Annotated[int | None, EmptyIsUnset] = Field(default=None, ge=1)
     queue: str
     prefetch_multiplier: PositiveInt
     soft_time_limit: int = Field(ge=1)

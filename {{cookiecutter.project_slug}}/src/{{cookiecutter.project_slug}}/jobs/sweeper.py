@@ -19,14 +19,21 @@ from contextlib import asynccontextmanager, suppress
 
 from celery import Celery
 from fastapi import FastAPI
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..blocking import call_blocking
-from ..serving.metrics import JOBS_SWEPT
 from ..settings import Settings
 from . import broker, service
 
 logger = logging.getLogger(__name__)
+
+# Counted by the API worker that swept them, so /metrics has them at once.
+JOBS_SWEPT = Counter(
+    "jobs_swept_total",
+    "Jobs whose message or worker was lost: queued again, or recorded failed.",
+    ["outcome"],
+)
 OUTCOMES = ("requeued", "failed")
 
 

@@ -1,10 +1,10 @@
 """The rooms' settings: Redis between workers, and how long-lived connections are kept."""
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from ..service_settings import CommaSeparated, ServiceSettings
+from ..service_settings import CommaSeparated, EmptyIsUnset, ServiceSettings
 
 if TYPE_CHECKING:
     from uvicorn import Config
@@ -15,7 +15,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 class RoomSettings(ServiceSettings):
     # Redis relays room messages between workers and machines: redis://host:6379/0. Unset:
     # messages fan out inside one process, so gunicorn.conf.py starts a single worker.
-    redis_url: str | None = None
+    redis_url: Annotated[str | None, EmptyIsUnset] = None
     # Origins a browser may open /ws/ from, comma-separated; unset: any. Clients that send no
     # Origin header (not browsers) are always let in.
     ws_allowed_origins: CommaSeparated = Field(default_factory=list)

@@ -146,11 +146,3 @@ def metrics(request: Request) -> Response:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-# Counted by the API worker that swept them (jobs/sweeper.py), so /metrics has them at once.
-JOBS_SWEPT = Counter(
-    "jobs_swept_total",
-    "Jobs whose message or worker was lost: queued again, or recorded failed.",
-    ["outcome"],
-)
