@@ -5,8 +5,7 @@ installed once, when the app is created: its routes, its error handlers, anythin
 workers share. It then runs in every worker for as long as that worker serves: what it
 opens after the fork (connections, background tasks) and the readiness checks that say
 whether it can serve. `main.py` composes the service's features in order, each after
-those it uses: the order of `_features` in cookiecutter.json, where the database comes
-first (the template's tests check it).
+those it uses (the database first).
 """
 
 from collections.abc import AsyncIterator, Callable, Mapping
