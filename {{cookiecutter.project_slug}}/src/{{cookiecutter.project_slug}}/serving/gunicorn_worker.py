@@ -379,13 +379,6 @@ class RecyclingServer(Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.should_exit:  # a stop: no other worker may be left to take the backlog
             await self.take_waiting_connections(sockets or [])
-            # Stop listening at once (Uvicorn's shutdown logs first): a connection the kernel
-            # completes after the last accept would wait in the backlog only to be reset
-            # when the socket closes.
-            for server in self.servers:
-                server.close()
-            for listener in sockets or []:
-                listener.close()
         # A head or body that stalls now must not hold the worker until graceful_timeout.
         deadlines = asyncio.create_task(self.enforce_deadlines_every_second())
         try:
