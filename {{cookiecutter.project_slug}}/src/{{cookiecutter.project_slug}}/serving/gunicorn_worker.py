@@ -111,6 +111,11 @@ class ServingProtocol(HttpToolsProtocol):
 
     limits: ClassVar[RequestLimits]
     head_size: ClassVar[int]
+    # Set as this worker's server begins to shut down. A connection the event loop had
+    # accepted but not yet made (`connection_made` runs a turn later) is not among those the
+    # shutdown drains: it drains as it is made, or it would serve on until the master kills
+    # the worker at graceful_timeout, its request in flight lost.
+    stopping: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -131,6 +136,8 @@ class ServingProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
         self.head_began = self.loop.time()  # a client that sends nothing is timed out too
+        if self.stopping:
+            self.shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -377,6 +384,7 @@ class RecyclingServer(Server):
                     logger.exception("could not enforce a connection's deadlines")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        ServingProtocol.stopping = True
         if self.should_exit:  # a stop: no other worker may be left to take the backlog
             await self.take_waiting_connections(sockets or [])
         # A head or body that stalls now must not hold the worker until graceful_timeout.
