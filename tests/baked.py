@@ -30,6 +30,18 @@ CACHE = TEMPLATE / ".cache"
 MISSING_LOCK = 'uv.lock is missing: run "make lock" (it needs uv and the package index).'
 
 
+def run_without_uv(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`command` in `cwd`, on a PATH that holds no uv (nor anything else)."""
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env={"PATH": str(cwd / "no-uv")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 @contextmanager
 def exclusively(path: Path) -> Iterator[None]:
     """Hold a lock named after `path` (xdist's workers share the baked environments)."""

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .baked import MISSING_LOCK, Project, features_of
+from .baked import MISSING_LOCK, Project, features_of, run_without_uv
 from .conftest import deployment_combinations, require_tool, supported_combinations
 
 # The oldest Kubernetes the manifests support (the preStop sleep action), and the newest
@@ -225,14 +225,7 @@ def test_image_build_stops_with_one_line_when_there_is_no_lock(baked: Bake, tmp_
     install = run_instruction_after(baked, "COPY pyproject.toml uv.loc[k] ./")
     (tmp_path / "pyproject.toml").write_text(baked.read("pyproject.toml"))
 
-    result = subprocess.run(
-        ["/bin/sh", "-c", install],
-        cwd=tmp_path,
-        env={"PATH": str(tmp_path / "no-uv")},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_without_uv(["/bin/sh", "-c", install], tmp_path)
 
     assert (result.returncode, result.stdout, result.stderr) == (1, "", MISSING_LOCK + "\n")
 

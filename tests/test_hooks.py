@@ -18,7 +18,7 @@ import pytest
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
 
-from .baked import MISSING_LOCK, TEMPLATE
+from .baked import MISSING_LOCK, TEMPLATE, run_without_uv
 
 pytestmark = pytest.mark.quick
 
@@ -219,14 +219,7 @@ def test_without_uv_the_hook_says_the_lock_is_missing_in_one_line(tmp_path: Path
     write_lock = f"import runpy; runpy.run_path({str(hook)!r})['write_lock']()"
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "0"\n')
 
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", write_lock],
-        cwd=tmp_path,
-        env={"PATH": str(tmp_path / "no-uv")},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_without_uv([sys.executable, "-S", "-c", write_lock], tmp_path)
 
     assert (result.returncode, result.stdout, result.stderr) == (0, "", MISSING_LOCK + "\n")
     assert not (tmp_path / "uv.lock").exists()

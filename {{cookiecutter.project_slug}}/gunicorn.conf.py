@@ -21,6 +21,7 @@ from pathlib import Path
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
+from {{ cookiecutter.project_slug }}.service_settings import flat
 from {{ cookiecutter.project_slug }}.serving.cpu import effective_cpu_count
 from {{ cookiecutter.project_slug }}.serving.gunicorn_worker import (
     forget_replaced,
@@ -164,20 +165,9 @@ def resolved() -> dict[str, object]:
         "control_socket": None if control_socket_disable else control_socket,
         "metrics_dir": str(metrics_dir),
         # Every setting, a password in a URL masked, and where its value came from.
-        "settings": {name: _masked(value) for name, value in _flat(settings.model_dump())},
+        "settings": {".".join(path): _masked(value) for path, value in flat(settings.model_dump())},
         "settings_from": settings.origins,
     }
-
-
-def _flat(values: dict[str, object], within: str = "") -> list[tuple[str, object]]:
-    """`{"gunicorn": {"timeout": 30}}` as `[("gunicorn.timeout", 30)]`."""
-    pairs: list[tuple[str, object]] = []
-    for name, value in values.items():
-        if isinstance(value, dict):
-            pairs += _flat(value, f"{within}{name}.")
-        else:
-            pairs.append((within + name, value))
-    return pairs
 
 
 def _masked(value: object) -> object:

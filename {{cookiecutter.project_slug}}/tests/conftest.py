@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from {{ cookiecutter.project_slug }}.main import create_app
-from {{ cookiecutter.project_slug }}.settings import Settings
+from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # One module of fixtures per feature this service has: tests/fixtures/<feature>.py.
@@ -68,3 +68,14 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 def fixtures_of(feature: str) -> ModuleType:
     return importlib.import_module(f"tests.fixtures.{feature}")
+
+
+def refusal(monkeypatch: pytest.MonkeyPatch, **environment: str) -> str:
+    """The one line the service exits with at start when the environment holds these."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    with pytest.raises(SystemExit) as refused:
+        get_settings()
+    get_settings.cache_clear()
+    return str(refused.value)

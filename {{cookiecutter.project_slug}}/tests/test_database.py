@@ -20,8 +20,9 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 from {{ cookiecutter.project_slug }}.db import is_unavailable
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.service_settings import ServiceSettings
-from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
+from {{ cookiecutter.project_slug }}.settings import Settings
 
+from .conftest import refusal
 from .test_gunicorn_conf import PROJECT_ROOT, clean_env, run_config
 
 DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
@@ -97,15 +98,10 @@ async def test_unreachable_database_makes_ready_503_naming_it_but_live_stays_200
 
 
 def test_a_sync_database_url_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/app")
-    get_settings.cache_clear()
+    refused = refusal(monkeypatch, DATABASE_URL="postgresql://localhost/app")
 
-    with pytest.raises(SystemExit) as refusal:
-        get_settings()
-
-    get_settings.cache_clear()
-    assert "DATABASE_URL" in str(refusal.value)
-    assert "postgresql+asyncpg://" in str(refusal.value)
+    assert "DATABASE_URL" in refused
+    assert "postgresql+asyncpg://" in refused
 
 
 def test_each_worker_takes_an_equal_share_of_the_connections(
@@ -124,14 +120,9 @@ def test_an_empty_database_url_is_refused_not_replaced_by_the_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The systemd unit's env file ships DATABASE_URL= until the operator names a database.
-    monkeypatch.setenv("DATABASE_URL", "")
-    get_settings.cache_clear()
+    refused = refusal(monkeypatch, DATABASE_URL="")
 
-    with pytest.raises(SystemExit) as refusal:
-        get_settings()
-
-    get_settings.cache_clear()
-    assert str(refusal.value).startswith("invalid configuration: DATABASE_URL: must start with")
+    assert refused.startswith("invalid configuration: DATABASE_URL: must start with")
 
 
 def test_fewer_connections_than_workers_is_refused_in_one_line() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.project_slug }}.service_settings import env_name, setting_paths
+from {{ cookiecutter.project_slug }}.service_settings import PROFILE_FILES, env_name, setting_paths
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 PROJECT_ROOT = Path(__file__).parent.parent
-PROFILES = ("profile base.toml", "profile {{ cookiecutter.scenario }}.toml")
+PROFILES = tuple(f"profile {path.name}" for path in PROFILE_FILES)
 PRODUCTION = {
     "ENVIRONMENT": "production",
     "SECRET_KEY": "a-real-secret-from-the-vault-of-32-characters-or-more",

@@ -23,7 +23,9 @@ from {{ cookiecutter.project_slug }}.jobs import csvstats, service
 from {{ cookiecutter.project_slug }}.jobs.broker import AGGREGATE_CSV
 from {{ cookiecutter.project_slug }}.jobs.models import Job, JobStatus
 from {{ cookiecutter.project_slug }}.main import create_app
-from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
+from {{ cookiecutter.project_slug }}.settings import Settings
+
+from .conftest import refusal
 
 pytestmark = pytest.mark.anyio
 
@@ -235,19 +237,11 @@ def test_a_lost_job_is_queued_again_until_its_attempts_are_spent() -> None:
 
 def test_a_stale_bound_within_the_time_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # A job still running within its time limit would be queued again beside its live run.
-    for name, seconds in {
-        "CELERY_SOFT_TIME_LIMIT": 50,
-        "CELERY_TIME_LIMIT": 60,
-        "JOB_STALE_AFTER": 60,
-    }.items():
-        monkeypatch.setenv(name, str(seconds))
-    get_settings.cache_clear()
+    refused = refusal(
+        monkeypatch, CELERY_SOFT_TIME_LIMIT="50", CELERY_TIME_LIMIT="60", JOB_STALE_AFTER="60"
+    )
 
-    with pytest.raises(SystemExit) as refusal:
-        get_settings()
-
-    get_settings.cache_clear()
-    assert "JOB_STALE_AFTER must exceed CELERY_TIME_LIMIT" in str(refusal.value)
+    assert "JOB_STALE_AFTER must exceed CELERY_TIME_LIMIT" in refused
 
 
 def test_celery_variables_set_the_celery_table_under_their_old_names(
@@ -272,14 +266,9 @@ def test_celery_variables_set_the_celery_table_under_their_old_names(
 
 
 def test_a_bad_celery_variable_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CELERY_TIME_LIMIT", "soon")
-    get_settings.cache_clear()
+    refused = refusal(monkeypatch, CELERY_TIME_LIMIT="soon")
 
-    with pytest.raises(SystemExit) as refusal:
-        get_settings()
-
-    get_settings.cache_clear()
-    assert str(refusal.value) == (
+    assert refused == (
         "invalid configuration: CELERY_TIME_LIMIT: Input should be a valid integer, "
         "unable to parse string as an integer"
     )

@@ -13,9 +13,11 @@ a release that changes one fails these tests.
 
 import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .gunicorn_server import gunicorn, keep_alive_load, read_answer, wait_until
+from .gunicorn_server import Gunicorn, Load, gunicorn, keep_alive_load, read_answer, wait_until
 
 CLIENTS = 4
 # Seconds each client waits between an answer and its next request: its connection is then
@@ -29,16 +31,26 @@ ANSWERS = 100
 TWO_WORKERS = "--workers 2"
 
 
+@contextmanager
+def under_load(
+    workdir: Path, arguments: str, environment: dict[str, str]
+) -> Iterator[tuple[Gunicorn, Load]]:
+    """Two workers started with these Gunicorn `arguments`, under the keep-alive load."""
+    env = {"GUNICORN_CMD_ARGS": f"{TWO_WORKERS} {arguments}", **environment}
+    with (
+        gunicorn(workdir, env) as server,
+        keep_alive_load(server.port, "/health/live", CLIENTS, PAUSE) as load,
+    ):
+        yield server, load
+
+
 def test_a_reload_under_keep_alive_load_loses_no_request_and_old_workers_serve_till_new_ones_do(
     tmp_path: Path, server_environment: dict[str, str]
 ) -> None:
     # Old workers wait for the new ones at most graceful_timeout (10 s in some profiles): a
     # busy machine may take longer to start a worker.
-    no_recycling = f"{TWO_WORKERS} --max-requests 0 --graceful-timeout 60"
-    with (
-        gunicorn(tmp_path, {"GUNICORN_CMD_ARGS": no_recycling, **server_environment}) as server,
-        keep_alive_load(server.port, "/health/live", CLIENTS, PAUSE) as load,
-    ):
+    no_recycling = "--max-requests 0 --graceful-timeout 60"
+    with under_load(tmp_path, no_recycling, server_environment) as (server, load):
         load.wait_for_answers(ANSWERS)
         old_workers = server.workers()
 
@@ -58,11 +70,8 @@ def test_a_reload_under_keep_alive_load_loses_no_request_and_old_workers_serve_t
 def test_recycling_under_keep_alive_load_loses_no_request_and_workers_take_turns(
     tmp_path: Path, server_environment: dict[str, str]
 ) -> None:
-    recycling = f"{TWO_WORKERS} --max-requests 50 --max-requests-jitter 0"
-    with (
-        gunicorn(tmp_path, {"GUNICORN_CMD_ARGS": recycling, **server_environment}) as server,
-        keep_alive_load(server.port, "/health/live", CLIENTS, PAUSE) as load,
-    ):
+    recycling = "--max-requests 50 --max-requests-jitter 0"
+    with under_load(tmp_path, recycling, server_environment) as (server, load):
         first_workers = server.workers()
 
         wait_until(lambda: not server.workers() & first_workers, "both first workers recycled")

@@ -11,7 +11,9 @@ from fastapi import FastAPI
 
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.service_settings import PROFILE_FILES, env_name
-from {{ cookiecutter.project_slug }}.settings import Settings, get_settings
+from {{ cookiecutter.project_slug }}.settings import Settings
+
+from .conftest import refusal
 
 pytestmark = pytest.mark.anyio
 
@@ -92,16 +94,12 @@ def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch) -> N
 def test_production_refuses_to_start_with_the_default_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.delenv("SECRET_KEY", raising=False)
-    get_settings.cache_clear()
 
-    with pytest.raises(SystemExit) as refusal:
-        get_settings()
+    refused = refusal(monkeypatch, ENVIRONMENT="production")
 
-    get_settings.cache_clear()
-    assert "SECRET_KEY must be set" in str(refusal.value)
-    assert "\n" not in str(refusal.value)
+    assert "SECRET_KEY must be set" in refused
+    assert "\n" not in refused
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 Each knob is declared once, in a settings class: the service's own below, a feature's in its
 package (`Settings` in settings.py puts them together). Its value is, from the first of
 these that sets it: the keyword arguments of `Settings(...)`, the environment, `.env`, this
-scenario's profile (`profiles/{{ cookiecutter.scenario }}.toml`, only what differs from the base), the base
+scenario's profile (its file in `profiles/`, only what differs from the base), the base
 profile (`profiles/base.toml`), the field's default. A table in a profile is a nested
 setting, set from the environment as `<TABLE>_<KEY>`: `[gunicorn] timeout` is
 `GUNICORN_TIMEOUT`. `origins` says, for each value, which of them set it.
@@ -41,8 +41,10 @@ if TYPE_CHECKING:
     from uvicorn import Config
 
 PROFILES = Path(__file__).with_name("profiles")
-# The base first: the scenario's file overrides it, table by table.
-PROFILE_FILES = (PROFILES / "base.toml", PROFILES / "{{ cookiecutter.scenario }}.toml")
+BASE_PROFILE = PROFILES / "base.toml"
+# The base first, then the scenario's file (the only other one the bake keeps), which
+# overrides it table by table.
+PROFILE_FILES = (BASE_PROFILE, *sorted(set(PROFILES.glob("*.toml")) - {BASE_PROFILE}))
 
 # Good enough on a laptop, refused in production; so is a secret shorter than this.
 DEVELOPMENT_SECRET = "development-only-secret-change-me"  # noqa: S105
@@ -271,12 +273,14 @@ def setting_paths(model: type[BaseModel], within: SettingPath = ()) -> Iterator[
             yield (*within, name)
 
 
-def _leaves(table: dict[str, Any], within: SettingPath = ()) -> Iterator[SettingPath]:
+def flat(table: dict[str, Any], within: SettingPath = ()) -> Iterator[tuple[SettingPath, Any]]:
+    """Each value of nested tables with its path: `{"gunicorn": {"timeout": 30}}` gives
+    `(("gunicorn", "timeout"), 30)`."""
     for key, value in table.items():
         if isinstance(value, dict):
-            yield from _leaves(value, (*within, key))
+            yield from flat(value, (*within, key))
         else:
-            yield (*within, key)
+            yield (*within, key), value
 
 
 def env_name(path: SettingPath) -> str:
@@ -295,7 +299,7 @@ class ProfileSource(TomlConfigSettingsSource):
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
         table = super()._read_file(file_path)
-        for path in _leaves(table):
+        for path, _value in flat(table):
             if path not in self.known:
                 raise SettingsError(f"profile {file_path.name}: {'.'.join(path)} is not a setting")
             self.files[path] = file_path.name
