@@ -48,6 +48,7 @@ MANIFEST: dict[Path, str] = {
     Path("deploy/k8s/worker.yaml"): "jobs",
     Path("deploy/k8s/jobs"): "database",
     Path("deploy/k8s"): "kubernetes",
+    Path("deploy/overlays"): "kubernetes",
 }
 
 

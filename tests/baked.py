@@ -224,8 +224,11 @@ class Project:
             server.stop()
 
     @contextmanager
-    def celery_worker(self, **env: str) -> Iterator["CeleryWorker"]:
-        """`make worker`'s Celery worker in a process group of its own, stopped on exit."""
+    def celery_worker(self, app: str | None = None, **env: str) -> Iterator["CeleryWorker"]:
+        """`make worker`'s Celery worker in a process group of its own, stopped on exit.
+
+        `app` replaces the project's Celery app, e.g. "stubborn_jobs:app" from this folder.
+        """
         log = self.path / "var" / f"celery-{uuid.uuid4().hex[:8]}.log"
         log.parent.mkdir(exist_ok=True)
         with log.open("w") as output:
@@ -234,12 +237,17 @@ class Project:
                     *(
                         str(self.venv / "bin" / "celery"),
                         "--app",
-                        f"{self.path.name}.jobs.celery_app",
+                        app or f"{self.path.name}.jobs.celery_app",
                     ),
                     *("worker", "--loglevel", "INFO", "--hostname", f"{log.stem}@%h"),
                 ],
                 cwd=self.path,
-                env={**self.env, **env},
+                env={
+                    **self.env,
+                    "PYTHONPATH": f"{self.path / 'src'}:{Path(__file__).parent}",
+                    "SERVICE_PACKAGE": self.path.name,
+                    **env,
+                },
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -400,8 +400,16 @@ def test_worker_unit_yields_the_cpu_to_the_api_and_lets_jobs_finish(celery: Bake
 # Kubernetes -----------------------------------------------------------------------------
 
 
+OVERLAY = "deploy/overlays/production"
+
+
 def manifests(baked: Bake) -> list[Path]:
-    return sorted((baked.path / "deploy" / "k8s").rglob("*.yaml"))
+    """The Kubernetes objects' files (not the kustomizations that list them)."""
+    return sorted(
+        path
+        for path in (baked.path / "deploy" / "k8s").rglob("*.yaml")
+        if path.name != "kustomization.yaml"
+    )
 
 
 def objects(baked: Bake) -> dict[str, dict[str, Any]]:
@@ -467,6 +475,147 @@ def test_kubernetes_policy_scan_fails_nothing_unexplained(kubernetes: Bake) -> N
     assert all(check["check_result"]["suppress_comment"] for check in report["skipped_checks"])
 
 
+def kustomize(baked: Bake, directory: str) -> list[dict[str, Any]]:
+    """What `kubectl apply --kustomize directory` would apply, rendered by kubectl itself
+    (which also refuses a kustomization with an unknown field or a value of the wrong type)."""
+    result = baked.tool("kubectl", "kustomize", directory)
+    assert result.returncode == 0, result.stderr
+    return list(yaml.safe_load_all(result.stdout))
+
+
+def images(documents: list[dict[str, Any]]) -> set[str]:
+    """The image of every container (and init container) the objects run."""
+    return {
+        container["image"]
+        for document in documents
+        if "template" in document.get("spec", {})
+        for key in ("containers", "initContainers")
+        for container in document["spec"]["template"]["spec"].get(key, [])
+    }
+
+
+def key(document: dict[str, Any]) -> str:
+    return f"{document['kind']}/{document['metadata']['name']}"
+
+
+def test_kustomization_lists_every_manifest_and_names_the_image_once(kubernetes: Bake) -> None:
+    k8s = kubernetes.path / "deploy" / "k8s"
+    kustomization = kubernetes.yaml("deploy/k8s/kustomization.yaml")
+    (image,) = kustomization["images"]
+
+    rendered = kustomize(kubernetes, "deploy/k8s")
+
+    listed = sorted(k8s / resource for resource in kustomization["resources"])
+
+    assert listed == manifests(kubernetes)
+    assert {key(document) for document in rendered} == set(objects(kubernetes))
+    assert image["name"] == kubernetes.name
+    assert images(rendered) == {f"{image['newName']}:{image['newTag']}"}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kustomizations_render_objects_valid_against_the_schemas(
+    kubernetes: Bake, version: str, tmp_path: Path
+) -> None:
+    for directory in ("deploy/k8s", OVERLAY):
+        rendered = tmp_path / f"{directory.replace('/', '-')}.yaml"
+        rendered.write_text(yaml.safe_dump_all(kustomize(kubernetes, directory)))
+
+        result = kubernetes.tool(
+            "kubernetes-validate", "--strict", "--quiet", "-k", version, str(rendered)
+        )
+
+        assert passed(result) == (0, ""), directory
+
+
+def test_overlay_sets_its_image_everywhere_and_scales_the_api(kubernetes: Bake) -> None:
+    overlay = kubernetes.yaml(f"{OVERLAY}/kustomization.yaml")
+    (image,) = overlay["images"]
+
+    rendered = {key(document): document for document in kustomize(kubernetes, OVERLAY)}
+    api = rendered[f"Deployment/{kubernetes.name}"]["spec"]
+
+    assert set(rendered) == set(objects(kubernetes))
+    assert images(list(rendered.values())) == {f"{image['newName']}:{image['newTag']}"}
+    assert (
+        api["replicas"]
+        == rendered[f"HorizontalPodAutoscaler/{kubernetes.name}"]["spec"]["minReplicas"]
+    )
+    (container,) = api["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["cpu"] == "4"
+
+
+def guide_commands(baked: Bake) -> list[str]:
+    """The shell commands of deploy/README.md's Kubernetes guide, continuation lines joined
+    and comments dropped, in order."""
+    section = baked.read("deploy/README.md").split("## A cluster: Kubernetes")[1]
+    block = section.split("```sh\n")[1].split("```")[0]
+    joined = re.sub(r"\s*\\\n\s*", " ", block)
+    return [
+        line.split("  #")[0].strip()
+        for line in joined.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def selected(documents: list[dict[str, Any]], selector: str | None) -> set[str]:
+    """The objects a `--selector label=value` of kubectl keeps (all, without one)."""
+    if selector is None:
+        return {key(document) for document in documents}
+    label, _, value = selector.partition("=")
+    return {
+        key(document)
+        for document in documents
+        if document["metadata"].get("labels", {}).get(label) == value
+    }
+
+
+def test_kubernetes_guide_pushes_names_the_image_then_migrates_before_the_api(
+    kubernetes: Bake,
+) -> None:
+    commands = guide_commands(kubernetes)
+    name = kubernetes.name
+    index = {
+        step: next(i for i, command in enumerate(commands) if command.startswith(prefix))
+        for step, prefix in {
+            "build": "docker build",
+            "push": "docker push",
+            "image": f"(cd {OVERLAY} && kustomize edit set image {name}=",
+            "secret": f"kubectl --namespace {name} create secret",
+            "rollout": f"kubectl --namespace {name} rollout status deployment/{name}",
+        }.items()
+    }
+    applies = [
+        (i, re.search(r"--selector (\S+)", command))
+        for i, command in enumerate(commands)
+        if command.startswith(f"kubectl apply --kustomize {OVERLAY}")
+    ]
+    rendered = kustomize(kubernetes, OVERLAY)
+    steps = [selected(rendered, match.group(1) if match else None) for _, match in applies]
+    migrate = {f"Job/{name}-migrate"} if kubernetes.database else set()
+
+    # Every object applied is applied with the image named in step 2, after the push.
+    assert index["build"] < index["push"] < index["image"] < applies[0][0]
+    assert "@sha256:" in commands[index["image"]]
+    assert steps[0] == {f"Namespace/{name}", f"ConfigMap/{name}"}
+    assert applies[0][0] < index["secret"] < applies[1][0]
+    if kubernetes.database:
+        # The Job alone, waited for; then everything, the API last to change.
+        assert steps[1:] == [migrate, set(objects(kubernetes))]
+        wait = commands.index(
+            f"kubectl --namespace {name} wait job/{name}-migrate --for=condition=complete "
+            f"--timeout=10m || kubectl --namespace {name} logs job/{name}-migrate"
+        )
+        delete = commands.index(
+            f"kubectl --namespace {name} delete job {name}-migrate --ignore-not-found"
+        )
+        assert delete < applies[1][0] < wait < applies[2][0]
+    else:
+        assert steps[1:] == [set(objects(kubernetes))]
+    assert applies[-1][0] < index["rollout"]
+    assert not [command for command in commands if "--filename" in command]
+
+
 def workers_from_profile(baked: Bake, cpus: int) -> int:
     return int(
         baked.project.python(
@@ -527,8 +676,11 @@ def test_kubernetes_worker_lets_jobs_finish(
 # CI, alerts, dashboard ------------------------------------------------------------------
 
 
+CI_WORKFLOW = ".github/workflows/ci.yml"
+
+
 def test_ci_workflow_is_valid_against_the_github_workflow_schema(baked: Bake) -> None:
-    workflow = ".github/workflows/ci.yml"
+    workflow = CI_WORKFLOW
     jobs = baked.yaml(workflow)["jobs"]
 
     result = baked.tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows", workflow)
@@ -540,7 +692,47 @@ def test_ci_workflow_is_valid_against_the_github_workflow_schema(baked: Bake) ->
         "make test",
         f"docker build --tag {baked.name}:ci .",
     ]
-    assert set(jobs["test"]["services"]) == {"postgres"} | ({"redis"} if baked.redis else set())
+    test = jobs["test"]
+    # The services the tests use, and no other: none for a service that needs none.
+    assert set(test.get("services", {})) == services_used(baked) - {"celery"}
+    assert set(test.get("env", {})) == {
+        variable
+        for variable, service in {
+            "DATABASE_URL": "postgres",
+            "CELERY_BROKER_URL": "celery",
+            "REDIS_URL": "rooms",
+        }.items()
+        if service in services_used(baked) | ({"rooms"} if baked.rooms else set())
+    }
+    assert ("PostgreSQL" in test["name"], "Redis" in test["name"]) == (baked.database, baked.redis)
+
+
+def services_used(baked: Bake) -> set[str]:
+    return {
+        service
+        for service, used in {
+            "postgres": baked.database,
+            "redis": baked.redis,
+            "celery": baked.celery,
+        }.items()
+        if used
+    }
+
+
+def test_guides_and_ci_name_only_the_services_the_service_uses(baked: Bake) -> None:
+    texts = [baked.read(path) for path in ("README.md", "deploy/README.md", CI_WORKFLOW)]
+    named = {
+        service
+        for text in texts
+        for service, words in {
+            "postgres": ("PostgreSQL", "DATABASE_URL", "postgres:"),
+            "redis": ("Redis", "REDIS_URL", "redis:"),
+            "celery": ("Celery", "CELERY_BROKER_URL"),
+        }.items()
+        if any(word in text for word in words)
+    }
+
+    assert named == services_used(baked)
 
 
 def test_alert_rules_pass_promtool_and_fire_in_its_unit_tests(baked: Bake) -> None:

@@ -1,19 +1,26 @@
 """The batch scenario with real Celery workers: jobs submitted over HTTP to Gunicorn finish
 correctly on Redis, RabbitMQ and the embedded SQLite broker, a worker killed in the middle
 of a job loses nothing on the real brokers, jobs whose message or worker was lost are
-swept back onto the queue, and a hung broker gets a quick 503."""
+swept back onto the queue, a job past the hard time limit is killed and recorded, a hung
+broker gets a quick 503, and `make run` (Gunicorn and a worker on the embedded broker) stops
+within its graceful timeout every time."""
 
 import asyncio
 import functools
+import json
 import os
 import random
 import re
 import signal
 import statistics
+import subprocess
 import time
+import tomllib
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,8 +28,9 @@ import httpx
 import pytest
 
 from .baked import Project, Server, free_port
+from .conftest import require_tool
 from .test_websocket import private_redis
-from .waiting import PATIENCE, wait_for
+from .waiting import PATIENCE, wait_for, wait_until
 
 pytestmark = pytest.mark.parametrize("project", ["batch"], indirect=True)
 
@@ -257,6 +265,30 @@ def test_a_failing_job_and_a_job_past_its_time_limit_are_recorded_and_the_worker
     assert_result(next_job, after_expected)
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_job_past_the_hard_time_limit_is_killed_recorded_failed_and_the_worker_goes_on(
+    project: Project, stack: tuple[Server, dict[str, str]]
+) -> None:
+    server, env = stack
+    after, after_expected = csv_file(rows=1000, seed=9)
+    # stubborn_jobs' job ignores the soft limit: only the hard one ends it, by killing its
+    # pool process.
+    limits = {"CELERY_CONCURRENCY": "1", "CELERY_SOFT_TIME_LIMIT": "1", "CELERY_TIME_LIMIT": "2"}
+
+    with project.celery_worker(app="stubborn_jobs:app", **{**env, **limits}) as worker:
+        started = time.monotonic()
+        killed = job_once(submit(server, b"group,value\nstubborn,1\n"), FINISHED)
+        took = time.monotonic() - started
+        next_job = job_once(submit(server, after), FINISHED)
+
+    assert killed["status"] == "failed"
+    assert killed["error"] == "stopped at the hard time limit of 2 s"
+    assert killed["attempts"] == 1  # recorded, not run again
+    assert took >= 2
+    assert "Hard time limit (2s) exceeded" in worker.log()
+    assert_result(next_job, after_expected)
+
+
 def on_a_private_redis(
     project: Project, postgres_url: str, port: int, **settings: str
 ) -> dict[str, str]:
@@ -339,3 +371,122 @@ def test_a_hung_broker_gets_a_quick_503_with_retry_after_and_leaves_no_job(
     # JOB_PUBLISH_TIMEOUT, and room for a busy machine: not the broker's socket timeouts.
     assert max(seconds) < 4
     assert statuses == {"queued": 1}  # the one the broker took; none of the refused ones
+
+
+# make run -------------------------------------------------------------------------------
+
+STOPS = 10
+
+
+def graceful_timeout(project: Project) -> int:
+    """The profile's [gunicorn] graceful_timeout: the scenario's value, or the base's."""
+    profiles = project.path / "src" / project.path.name / "profiles"
+    values = [tomllib.loads((profiles / f"{name}.toml").read_text()) for name in ("base", "batch")]
+    timeout: int = next(
+        profile["gunicorn"]["graceful_timeout"]
+        for profile in reversed(values)
+        if "graceful_timeout" in profile.get("gunicorn", {})
+    )
+    return timeout
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def logged_pids(log: Path) -> set[int]:
+    """Every process that wrote a JSON log line: Gunicorn's, the worker's and its pool's."""
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    return {json.loads(line)["pid"] for line in lines}
+
+
+def serving(url: str, log: Path) -> bool:
+    """Whether make run's API is ready and its Celery worker too."""
+    try:
+        ready = httpx.get(f"{url}/health/ready", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+    return ready and " ready." in log.read_text()
+
+
+def test_make_run_stops_within_its_graceful_timeout_every_time_under_a_queued_job(
+    project: Project, summary: Callable[[str], None]
+) -> None:
+    # A signal to make's process group (Ctrl-C, SIGTERM, a closed terminal) used to reach
+    # the worker's pool processes too; one killed while it waited for a job kept the pool's
+    # lock, and the worker never stopped. Each stop comes right after two jobs were queued.
+    make = require_tool("make")
+    project.make("install")
+    bound = graceful_timeout(project)
+    port = free_port()
+    var = project.path / "var"
+    var.mkdir(exist_ok=True)
+    database = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{var}/stops-{uuid.uuid4().hex}.db",
+        "CELERY_BROKER_URL": f"sqla+sqlite:///{var}/stops-broker-{uuid.uuid4().hex}.db",
+    }
+    env = {
+        **project.env,
+        **database,
+        "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "WEB_CONCURRENCY": "1",
+        "CELERY_CONCURRENCY": "1",
+    }
+    command = [make, "run", f"VENV={project.venv}", f"PYTHON={project.venv / 'bin' / 'python'}"]
+    url = f"http://127.0.0.1:{port}"
+    files = [csv_file(rows=2000, seed=n) for n in range(2)]
+    job_ids: list[str] = []
+    stops: list[float] = []
+    queued = 0  # stops with a job still waiting for the worker (it polls SQLite every second)
+
+    for stop in range(STOPS):
+        log = var / f"make-run-{port}-{stop}.log"
+        with log.open("w") as output:
+            run = subprocess.Popen(
+                command,
+                cwd=project.path,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until(
+                functools.partial(serving, url, log),
+                f"make run to serve at {url} with its worker ready",
+            )
+            for data, _ in files:
+                answer = httpx.post(f"{url}/jobs", files={"file": ("d.csv", data)}, timeout=60)
+                assert answer.status_code == 202, answer.text
+                job_ids.append(answer.json()["id"])
+            last = httpx.get(f"{url}/jobs/{job_ids[-1]}", timeout=30).json()
+            queued += last["status"] == "queued"
+            started = time.monotonic()
+            os.killpg(run.pid, signal.SIGTERM)
+            run.wait(timeout=PATIENCE)
+            stops.append(time.monotonic() - started)
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        # What make run started went with it: Gunicorn, the worker and its pool.
+        left = [pid for pid in logged_pids(log) if alive(pid)]
+        assert left == [], log.read_text()
+
+    # No job was lost on the way: a worker and an API on the same files finish them all.
+    with project.celery_worker(**database), project.serve(workers=1, **database) as server:
+        jobs = [job_once(f"{server.url}/jobs/{job}", FINISHED) for job in job_ids]
+
+    summary(
+        f"make run (batch): {STOPS} SIGTERMs, {queued} with a job queued, each stopped in "
+        f"{min(stops):.1f}-{max(stops):.1f} s (graceful timeout {bound} s)"
+    )
+    assert max(stops) < bound, stops
+    assert queued > 0
+    for job, (_, expected) in zip(jobs, files * STOPS, strict=True):
+        assert_result(job, expected)
