@@ -1,14 +1,17 @@
 """Refuse answers the template cannot honour, before a single file is written.
 
-Each refusal is one sentence that names the bad answer and says what would work.
-The rules are one pure function, problems(); only running this file as the hook acts on
-them, so tests import it and call problems() with answers of their own.
+Each refusal is one sentence, worded for the prompts a person answered: it names the
+question (its prompt in cookiecutter.json), the answer given and what would work. The rules
+are one pure function, problems(); only running this file as the hook acts on them, so
+tests import it and call problems() with answers and prompts of their own.
 """
 
 import json
 import keyword
 import re
 import sys
+from pathlib import Path
+from typing import Any
 
 # Cookiecutter renders these before it runs the hook; imported unrendered (as the tests do),
 # they are the placeholders themselves, which nothing at import looks at.
@@ -21,6 +24,8 @@ ANSWERS = {
     "service_name": "{{ cookiecutter.__service_name }}",
     # What each scenario serves and whether it keeps data: cookiecutter.json's table.
     "scenarios": """{{ cookiecutter._scenarios | tojson }}""",
+    # The template's folder, whose cookiecutter.json holds the prompts.
+    "template": "{{ cookiecutter._repo_dir }}",
 }
 
 # Cookiecutter itself refuses answers outside a choice list; these are the rules it cannot
@@ -67,63 +72,98 @@ DEPENDENCIES = frozenset(
 )
 
 
-def problems(answers: dict[str, str]) -> list[str]:
+class Prompts:
+    """The prompts of cookiecutter.json (`__prompts__`): a refusal words the question and
+    the answer as the person saw them."""
+
+    def __init__(self, prompts: dict[str, Any]) -> None:
+        self.prompts = prompts
+
+    def question(self, key: str) -> str:
+        prompt = self.prompts.get(key, key)
+        return f'"{prompt["__prompt__"] if isinstance(prompt, dict) else prompt}"'
+
+    def label(self, key: str, value: str) -> str:
+        """A choice as the prompt listed it, or the answer as typed."""
+        prompt = self.prompts.get(key)
+        return str(prompt.get(value, value)) if isinstance(prompt, dict) else value
+
+    def choice(self, key: str, value: str) -> str:
+        return f'"{self.label(key, value)}"'
+
+    def answered(self, key: str, value: str) -> str:
+        return f"You answered {self.choice(key, value)} to {self.question(key)}"
+
+
+def problems(answers: dict[str, str], prompts: dict[str, Any]) -> list[str]:
     """Every refusal the answers (keyed as ANSWERS is) earn, in order; none if they are good."""
+    asked = Prompts(prompts)
     slug = answers["project_slug"]
+    name = asked.answered("project_slug", slug)
     found = []
     if not slug.isidentifier() or not slug.isascii():
         found.append(
-            f"project_slug {slug!r} is not a Python identifier: "
+            f"{name}, which is not a Python identifier: "
             "use letters, digits and underscores, not starting with a digit."
         )
     elif keyword.iskeyword(slug) or keyword.issoftkeyword(slug):
-        found.append(f"project_slug {slug!r} is a Python keyword: choose another name.")
+        found.append(f"{name}, which is a Python keyword: choose another name.")
     elif slug in sys.stdlib_module_names:
         found.append(
-            f"project_slug {slug!r} shadows the standard-library module of that name: "
+            f"{name}, which would shadow the standard-library module of that name: "
             "choose another name."
         )
     elif slug in DEPENDENCIES:
         found.append(
-            f"project_slug {slug!r} would hide the {slug} package the project depends on: "
+            f"{name}, which would hide the {slug} package the project depends on: "
             "choose another name."
         )
     if not found and not SERVICE_NAME.fullmatch(answers["service_name"]):
         found.append(
-            f"project_slug {slug!r} gives the deployment name {answers['service_name']!r}, "
-            "which must start with a letter and be at most 63 characters: choose another name."
+            f"{name}, which gives the deployment name {answers['service_name']!r}: it must "
+            "start with a letter and be at most 63 characters, so choose another name."
         )
-    scenario = answers["scenario"]
     for option in ("use_celery", "kubernetes"):
         if answers[option] not in YES_NO:
-            found.append(f"{option} {answers[option]!r} is not an answer: say yes or no.")
+            found.append(f'{asked.answered(option, answers[option])}: answer "yes" or "no".')
+    scenario = answers["scenario"]
     row = json.loads(answers["scenarios"])[scenario]
+    # "Public API: high request rate, ..." names the Public API scenario.
+    the_scenario = f"the {asked.label('scenario', scenario).split(':')[0]} scenario"
+    celery = asked.answered("use_celery", answers["use_celery"])
+    stores = asked.answered("database", answers["database"])
+    postgresql, none = asked.choice("database", "postgresql"), asked.choice("database", "none")
+    database = answers["database"]
+    if database == "default":  # what the scenario needs
+        database = "none" if row["database"] == "refused" else "postgresql"
     if row["serves"] == "jobs" and answers["use_celery"] == "no":
-        found.append(f"scenario {scenario!r} runs its jobs on Celery: answer use_celery=yes.")
+        found.append(f'{celery}, but {the_scenario} runs its jobs on Celery: answer "yes".')
     if row["database"] == "refused":
-        if answers["database"] != "none":
+        if database != "none":
             found.append(
-                f"scenario {scenario!r} {row['does']} and keeps no data: "
-                "answer database=none (its default)."
+                f"{stores}, but {the_scenario} {row['does']} and keeps no data: "
+                f"choose {none}, or the default."
             )
         elif answers["use_celery"] == "yes":
             found.append(
-                f"scenario {scenario!r} keeps no data, and Celery jobs live in a database "
-                "table: answer use_celery=no."
+                f"{celery}, but {the_scenario} keeps no data, and Celery jobs live in a "
+                'database table: answer "no".'
             )
-    elif answers["database"] == "none" and row["serves"] != "jobs":
+    elif database == "none" and row["serves"] != "jobs":
         found.append(
-            f"scenario {scenario!r} {row['does']} in a database: answer database=postgresql."
+            f"{stores}, but {the_scenario} {row['does']} in a database: choose {postgresql}."
         )
-    elif answers["database"] == "none" and answers["use_celery"] == "yes":
+    elif database == "none" and answers["use_celery"] == "yes":
         found.append(
-            "use_celery=yes keeps its jobs in a database table: answer database=postgresql."
+            f'{stores}, but Celery jobs ("yes" to {asked.question("use_celery")}) live in a '
+            f"database table: choose {postgresql}."
         )
     return found
 
 
 if __name__ == "__main__":
-    found = problems(ANSWERS)
+    template = Path(ANSWERS["template"]) / "cookiecutter.json"
+    found = problems(ANSWERS, json.loads(template.read_text())["__prompts__"])
     for problem in found:
         print(f"ERROR: {problem}", file=sys.stderr)
     sys.exit(1 if found else 0)

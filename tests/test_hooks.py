@@ -43,12 +43,25 @@ def answers(hook: ModuleType, *given: str) -> dict[str, str]:
         TEMPLATE / "cookiecutter.json",
         extra_context=dict(answer.split("=", 1) for answer in given),
     )
-    cookiecutter = prompt_for_config(context, no_input=True)
+    # cookiecutter adds where the template is once the answers are in.
+    cookiecutter = {**prompt_for_config(context, no_input=True), "_repo_dir": str(TEMPLATE)}
     jinja = jinja2.Environment(undefined=jinja2.StrictUndefined)
     return {
         name: jinja.from_string(placeholder).render(cookiecutter=cookiecutter)
         for name, placeholder in hook.ANSWERS.items()
     }
+
+
+COOKIECUTTER_JSON = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+PROMPTS = COOKIECUTTER_JSON["__prompts__"]
+SLUG = '"Python package name (a valid identifier)"'
+CELERY = '"Run CPU-heavy jobs on Celery workers? (yes/no)"'
+DATABASE = '"Database (PostgreSQL in production, SQLite when run locally)"'
+
+
+def refusals(hook: ModuleType, *given: str) -> list[str]:
+    found: list[str] = hook.problems(answers(hook, *given), PROMPTS)
+    return found
 
 
 def bake(output: Path, *answers: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -76,63 +89,82 @@ def bake(output: Path, *answers: str, **env: str) -> subprocess.CompletedProcess
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        (["project_slug=my-service"], "project_slug 'my-service' is not a Python identifier"),
-        (["project_slug=2fast"], "project_slug '2fast' is not a Python identifier"),
-        (["project_slug=café"], "project_slug 'café' is not a Python identifier"),
-        (["project_slug=class"], "project_slug 'class' is a Python keyword"),
-        (["project_slug=match"], "project_slug 'match' is a Python keyword"),
-        (["project_slug=json"], "project_slug 'json' shadows the standard-library module"),
-        (["project_slug=fastapi"], "project_slug 'fastapi' would hide the fastapi package"),
-        (["use_celery=maybe"], "use_celery 'maybe' is not an answer: say yes or no"),
-        (["project_slug=celery"], "project_slug 'celery' would hide the celery package"),
-        (["scenario=batch", "use_celery=no"], "scenario 'batch' runs its jobs on Celery"),
-        (["scenario=batch", "database=none"], "use_celery=yes keeps its jobs in a database"),
-        (["project_slug=_2fast"], "project_slug '_2fast' gives the deployment name '2fast'"),
-        (["project_slug=" + "a" * 64], f"project_slug '{'a' * 64}' gives the deployment name"),
-        (["database=none"], "scenario 'public_api' stores its /items resource in a database"),
+        (["project_slug=my-service"], f'"my-service" to {SLUG}, which is not a Python identifier'),
+        (["project_slug=2fast"], f'"2fast" to {SLUG}, which is not a Python identifier'),
+        (["project_slug=café"], f'"café" to {SLUG}, which is not a Python identifier'),
+        (["project_slug=class"], f'"class" to {SLUG}, which is a Python keyword'),
+        (["project_slug=match"], f'"match" to {SLUG}, which is a Python keyword'),
+        (["project_slug=json"], f'"json" to {SLUG}, which would shadow the standard-library'),
+        (["project_slug=fastapi"], f'"fastapi" to {SLUG}, which would hide the fastapi package'),
+        (["use_celery=maybe"], f'"maybe" to {CELERY}: answer "yes" or "no".'),
+        (["project_slug=celery"], f'"celery" to {SLUG}, which would hide the celery package'),
+        (
+            ["scenario=batch", "use_celery=no"],
+            f'"no" to {CELERY}, but the Batch scenario runs its jobs on Celery: answer "yes".',
+        ),
+        (
+            ["scenario=batch", "database=none"],
+            f'"No database" to {DATABASE}, but Celery jobs ("yes" to {CELERY}) live in a '
+            'database table: choose "PostgreSQL".',
+        ),
+        (["project_slug=_2fast"], f"\"_2fast\" to {SLUG}, which gives the deployment name '2fast'"),
+        (["project_slug=" + "a" * 64], f'"{"a" * 64}" to {SLUG}, which gives the deployment name'),
+        (
+            ["database=none"],
+            f'"No database" to {DATABASE}, but the Public API scenario stores its /items '
+            'resource in a database: choose "PostgreSQL".',
+        ),
         (
             ["scenario=microservice", "database=none"],
-            "scenario 'microservice' stores its /items resource in a database",
+            f'"No database" to {DATABASE}, but the Internal microservice scenario stores its '
+            "/items resource in a database",
         ),
         (
             ["scenario=ml_inference", "database=postgresql"],
-            "scenario 'ml_inference' serves a model and keeps no data: answer database=none",
+            f'"PostgreSQL" to {DATABASE}, but the ML inference scenario serves a model and '
+            'keeps no data: choose "No database", or the default.',
         ),
         (
             ["scenario=ml_inference", "use_celery=yes"],
-            "scenario 'ml_inference' keeps no data, and Celery jobs live in a database table: "
-            "answer use_celery=no",
+            f'"yes" to {CELERY}, but the ML inference scenario keeps no data, and Celery jobs '
+            'live in a database table: answer "no".',
         ),
-        (["project_slug=sklearn"], "project_slug 'sklearn' would hide the sklearn package"),
-        (["project_slug=bench"], "project_slug 'bench' would hide the bench package"),
+        (["project_slug=sklearn"], f'"sklearn" to {SLUG}, which would hide the sklearn package'),
+        (["project_slug=bench"], f'"bench" to {SLUG}, which would hide the bench package'),
         (
             ["scenario=websocket", "database=postgresql"],
-            "scenario 'websocket' relays messages between connected clients and keeps no data",
+            f'"PostgreSQL" to {DATABASE}, but the WebSocket rooms scenario relays messages '
+            "between connected clients and keeps no data",
         ),
         (
             ["scenario=websocket", "use_celery=yes"],
-            "scenario 'websocket' keeps no data, and Celery jobs live in a database table: "
-            "answer use_celery=no",
+            f'"yes" to {CELERY}, but the WebSocket rooms scenario keeps no data, and Celery '
+            'jobs live in a database table: answer "no".',
         ),
-        (["project_slug=websockets"], "project_slug 'websockets' would hide the websockets"),
+        (["project_slug=websockets"], f'"websockets" to {SLUG}, which would hide the websockets'),
     ],
 )
-def test_bad_answer_is_refused_with_one_sentence_naming_it(
+def test_bad_answer_is_refused_with_one_sentence_naming_the_prompt_and_the_answer(
     hook: ModuleType, given: list[str], message: str
 ) -> None:
-    refusals = hook.problems(answers(hook, *given))
+    found = refusals(hook, *given)
 
-    assert len(refusals) == 1, refusals
-    assert refusals[0].startswith(message)
+    assert len(found) == 1, found
+    assert found[0].startswith("You answered " + message)
+    # One sentence, in the prompts' words: no command-line key=value.
+    assert found[0].endswith(".")
+    assert ". " not in found[0]
+    assert "=" not in found[0]
 
 
 def test_every_problem_is_reported_not_only_the_first(hook: ModuleType) -> None:
-    refusals = hook.problems(answers(hook, "project_slug=json", "scenario=batch", "use_celery=no"))
+    found = refusals(hook, "project_slug=json", "scenario=batch", "use_celery=no")
 
-    assert refusals == [
-        "project_slug 'json' shadows the standard-library module of that name: "
-        "choose another name.",
-        "scenario 'batch' runs its jobs on Celery: answer use_celery=yes.",
+    assert found == [
+        f'You answered "json" to {SLUG}, which would shadow the standard-library module of '
+        "that name: choose another name.",
+        f'You answered "no" to {CELERY}, but the Batch scenario runs its jobs on Celery: '
+        'answer "yes".',
     ]
 
 
@@ -140,9 +172,11 @@ def test_kubernetes_other_than_yes_or_no_is_refused(hook: ModuleType) -> None:
     # cookiecutter's choice list refuses this first; the hook does not count on it
     given = {**answers(hook), "kubernetes": "maybe"}
 
-    refusals = hook.problems(given)
+    found = hook.problems(given, PROMPTS)
 
-    assert refusals == ["kubernetes 'maybe' is not an answer: say yes or no."]
+    assert found == [
+        'You answered "maybe" to "Generate Kubernetes manifests?": answer "yes" or "no".'
+    ]
 
 
 @pytest.mark.parametrize(
@@ -153,6 +187,8 @@ def test_kubernetes_other_than_yes_or_no_is_refused(hook: ModuleType) -> None:
         ["scenario=ml_inference"],
         ["scenario=websocket"],
         ["scenario=batch"],
+        ["scenario=ml_inference", "database=none"],
+        ["scenario=batch", "database=postgresql"],
         ["use_celery=yes"],
         ["kubernetes=yes"],
         ["project_name=Order Service"],
@@ -161,9 +197,7 @@ def test_kubernetes_other_than_yes_or_no_is_refused(hook: ModuleType) -> None:
     ],
 )
 def test_supported_answers_are_accepted(hook: ModuleType, given: list[str]) -> None:
-    refusals = hook.problems(answers(hook, *given))
-
-    assert refusals == []
+    assert refusals(hook, *given) == []
 
 
 # The wiring, end to end: a real cookiecutter run per test.
@@ -175,7 +209,7 @@ def test_a_refused_answer_stops_cookiecutter_with_its_error_and_writes_nothing(
     result = bake(tmp_path, "project_slug=json")
 
     assert result.returncode != 0
-    assert "ERROR: project_slug 'json' shadows the standard-library module" in result.stderr
+    assert f'ERROR: You answered "json" to {SLUG}, which would shadow' in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -255,6 +289,47 @@ def test_batch_asks_for_celery_by_default(tmp_path: Path) -> None:
     assert "make worker" in result.stdout
 
 
+# The prompts a person answers, driven for real.
+
+
+def choices(prompted: str) -> list[list[str]]:
+    """The choices of each choice prompt cookiecutter printed, in order."""
+    blocks = re.split(r"\[\d+/\d+\]", prompted)
+    return [found for block in blocks if (found := re.findall(r"^ +\d+ - (.+)$", block, re.M))]
+
+
+@pytest.mark.parametrize("scenario", COOKIECUTTER_JSON["scenario"])
+def test_interactive_prompts_list_each_choice_once_and_default_to_what_the_scenario_needs(
+    tmp_path: Path, scenario: str
+) -> None:
+    # Enter at every prompt but the scenario's, answered with its number; no lock is written
+    # (an index nothing listens at) to keep the bake short.
+    typed = "\n" * 4 + f"{COOKIECUTTER_JSON['scenario'].index(scenario) + 1}\n" + "\n" * 4
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", str(TEMPLATE), "-o", str(tmp_path)],
+        input=typed,
+        env={
+            **os.environ,
+            "COLUMNS": "200",
+            "UV_DEFAULT_INDEX": "http://127.0.0.1:9/simple",
+            "UV_HTTP_RETRIES": "0",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    listed = choices(result.stdout)
+    database = PROMPTS["database"]
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(listed) == 4  # scenario, database, kubernetes, python_version
+    assert [sorted(set(block)) for block in listed] == [sorted(block) for block in listed]
+    assert listed[1] == [database[value] for value in COOKIECUTTER_JSON["database"]]
+    keeps_data = COOKIECUTTER_JSON["_scenarios"][scenario]["database"] != "refused"
+    assert (tmp_path / "my_service" / "alembic.ini").exists() == keeps_data
+
+
 # The shape of the template: features, not scenarios.
 
 PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
@@ -264,7 +339,7 @@ ASKING_FEATURES = [
     *(PROJECT / name for name in ("Makefile", "pyproject.toml", "compose.yaml")),
 ]
 JINJA_TAG = re.compile(r"\{%.*?%\}", re.DOTALL)
-SCENARIOS = json.loads((TEMPLATE / "cookiecutter.json").read_text())["scenario"]
+SCENARIOS = COOKIECUTTER_JSON["scenario"]
 
 
 def test_jinja_in_the_project_asks_about_features_never_a_scenario() -> None:
