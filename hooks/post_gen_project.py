@@ -66,6 +66,17 @@ def choose_profile() -> None:
             profile.unlink()
 
 
+def where_to_cd() -> str:
+    """The project's folder as the shell that ran cookiecutter reaches it: relative to the
+    directory that shell is in (PWD; cookiecutter runs this hook inside the project), or
+    absolute when that is unknown or the project lies outside it."""
+    project = Path.cwd()
+    shell = os.environ.get("PWD", "")
+    if shell and Path(shell).is_absolute() and project.is_relative_to(Path(shell).resolve()):
+        return str(project.relative_to(Path(shell).resolve())) or "."
+    return str(project)
+
+
 def next_steps() -> str:
     if "inference" in FEATURES:
         serve = "install, train the model and serve"
@@ -79,7 +90,7 @@ def next_steps() -> str:
     lines = [
         f"{SLUG} is ready ({SCENARIO}).",
         "",
-        f"  cd {SLUG}",
+        f"  cd {where_to_cd()}",
         f"  make run     # {serve} under Gunicorn on http://127.0.0.1:8000",
         test,
     ]

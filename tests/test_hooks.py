@@ -232,6 +232,22 @@ def test_good_answers_bake_and_print_the_next_steps(tmp_path: Path) -> None:
     assert result.stderr == ""  # the lock is written quietly
 
 
+def test_next_steps_name_the_project_as_the_shell_that_baked_it_reaches_it(
+    tmp_path: Path,
+) -> None:
+    # Baked into out/ by a shell in tmp_path (as dev.py serve bakes into .scratch/), and by
+    # one elsewhere. No lock is written: an index nothing listens at.
+    unreachable = {"UV_DEFAULT_INDEX": "http://127.0.0.1:9/simple", "UV_HTTP_RETRIES": "0"}
+
+    inside = bake(tmp_path / "out", PWD=str(tmp_path), **unreachable)
+    outside = bake(
+        tmp_path / "other", "project_name=Other", PWD=str(tmp_path / "out"), **unreachable
+    )
+
+    assert "\n  cd out/my_service\n" in inside.stdout, inside.stdout
+    assert f"\n  cd {tmp_path.resolve()}/other/other\n" in outside.stdout, outside.stdout
+
+
 def test_without_the_package_index_the_bake_succeeds_and_says_the_lock_is_missing(
     tmp_path: Path,
 ) -> None:
