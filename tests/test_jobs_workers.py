@@ -404,6 +404,15 @@ def logged_pids(log: Path) -> set[int]:
     return {json.loads(line)["pid"] for line in lines}
 
 
+def worker_pids(log: Path) -> set[int]:
+    """The Celery worker's main process, as its log says (it leads its own session)."""
+    return {
+        json.loads(line)["pid"]
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and '"celery.apps.worker"' in line
+    }
+
+
 def serving(url: str, log: Path) -> bool:
     """Whether make run's API is ready and its Celery worker too."""
     try:
@@ -471,8 +480,10 @@ def test_make_run_stops_within_its_graceful_timeout_every_time_under_a_queued_jo
             run.wait(timeout=PATIENCE)
             stops.append(time.monotonic() - started)
         finally:
-            with suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGKILL)
+            # The worker has a session of its own: a failed stop leaves it to kill apart.
+            for group in {run.pid} | worker_pids(log):
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
             run.wait()
         # What make run started went with it: Gunicorn, the worker and its pool.
         left = [pid for pid in logged_pids(log) if alive(pid)]
