@@ -35,6 +35,7 @@ MANIFEST: dict[Path, str] = {
     Path("bench/fanout.py"): "rooms",
     PACKAGE / "db.py": "database",
     PACKAGE / "db_settings.py": "database",
+    PACKAGE / "schema_state.py": "database",
     Path("tests/test_database.py"): "database",
     Path("tests/fixtures/database.py"): "database",
     Path("migrations"): "database",

@@ -1,6 +1,7 @@
 """The database's settings: where it is, and how much of it the service may use."""
 
 from pydantic import Field, field_validator
+from sqlalchemy import make_url
 
 from .service_settings import ServiceSettings
 
@@ -22,6 +23,10 @@ class DatabaseSettings(ServiceSettings):
                 "must start with postgresql+asyncpg:// or sqlite+aiosqlite:// "
                 "(the service talks to its database asynchronously)"
             )
+        try:
+            make_url(url)
+        except ValueError as error:  # a port that is no number
+            raise ValueError(f"is not a database URL: {error}") from None
         return url
 
     def check_workers(self, workers: int) -> None:
