@@ -37,6 +37,7 @@ MANIFEST: dict[Path, str] = {
     PACKAGE / "db_settings.py": "database",
     PACKAGE / "schema_state.py": "database",
     Path("tests/test_database.py"): "database",
+    Path("tests/test_migrations.py"): "database",
     Path("tests/fixtures/database.py"): "database",
     Path("migrations"): "database",
     Path("alembic.ini"): "database",
