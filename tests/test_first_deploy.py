@@ -162,7 +162,11 @@ def starts(project: Project, environments: dict[str, dict[str, str]]) -> dict[st
 
 @pytest.mark.parametrize(
     ("project", "walked"),
-    [("batch", "every"), ("websocket", "own"), ("ml_inference", "own")],
+    [
+        pytest.param("batch", "every", marks=pytest.mark.quick),
+        ("websocket", "own"),
+        ("ml_inference", "own"),
+    ],
     indirect=["project"],
 )
 def test_every_wrong_setting_stops_the_start_with_one_line_naming_it(
@@ -189,28 +193,29 @@ def test_every_wrong_setting_stops_the_start_with_one_line_naming_it(
     assert {name: line for name, line in lines.items() if named(name) not in line} == {}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("project", ["batch"], indirect=True)
-@pytest.mark.parametrize(
-    ("variable", "value"), [("WEB_CONCURRENCY", "abc"), ("PORT", "abc"), ("BIND", ":http")]
-)
-def test_the_launcher_itself_refuses_what_gunicorn_would_read(
-    project: Project, variable: str, value: str
+def test_the_launcher_itself_refuses_a_worker_count_gunicorn_would_choke_on(
+    project: Project,
 ) -> None:
-    # The command the image, the unit and `make run` start, in a process of its own.
+    # The command the image, the unit and `make run` start, in a process of its own: Gunicorn
+    # alone would parse WEB_CONCURRENCY as it is imported, into a traceback.
     serve = [str(project.venv / "bin" / "python"), "-m", f"{project.path.name}.serve"]
 
     result = subprocess.run(
         serve,
         cwd=project.path,
-        env=start_env(project, **{variable: value}),
+        env=start_env(project, WEB_CONCURRENCY="abc"),
         capture_output=True,
         text=True,
         timeout=60,
     )
 
     assert result.returncode == 1
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"invalid configuration: {variable}: ")
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: WEB_CONCURRENCY: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ]
     assert "Traceback" not in result.stdout
 
 
@@ -218,21 +223,20 @@ def test_the_launcher_itself_refuses_what_gunicorn_would_read(
 def test_the_celery_worker_refuses_a_wrong_setting_with_one_line(project: Project) -> None:
     worker = [str(project.venv / "bin" / "celery"), "--app", f"{project.path.name}.jobs.celery_app"]
 
-    for env in ({"CELERY_TIME_LIMIT": "soon"}, {"WEB_CONCURRENCY": "abc"}):
-        result = subprocess.run(
-            [*worker, "worker"],
-            cwd=project.path,
-            env=start_env(project, **env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        [name] = env
-        assert result.returncode != 0
-        assert result.stderr.strip().splitlines() == [
-            f"invalid configuration: {name}: Input should be a valid integer, "
-            "unable to parse string as an integer"
-        ]
+    result = subprocess.run(
+        [*worker, "worker"],
+        cwd=project.path,
+        env=start_env(project, CELERY_TIME_LIMIT="soon"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: CELERY_TIME_LIMIT: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ]
 
 
 @contextmanager
