@@ -322,20 +322,26 @@ def sql(project: Project, postgres_url: str, statement: str) -> str:
 
 
 @pytest.mark.parametrize("project", ["public_api"], indirect=True)
-def test_migrate_creates_a_missing_database_schema(project: Project, postgres_url: str) -> None:
-    schema = f"first_{uuid.uuid4().hex[:12]}"
-    database = {"DATABASE_URL": postgres_url, "DATABASE_SCHEMA": schema}
+def test_migrate_creates_a_missing_database_schema_and_migrates_an_existing_one(
+    project: Project, postgres_url: str
+) -> None:
+    missing, existing = (f"first_{uuid.uuid4().hex[:12]}" for _ in range(2))
+    count = "SELECT count(*) FROM pg_tables WHERE schemaname = '{}'"
     try:
-        project.make("migrate", **database)
-        created = sql(
-            project, postgres_url, f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'"
-        )
-        with launched(project, workers=1, **database) as server:
+        sql(project, postgres_url, f'CREATE SCHEMA "{existing}"')
+        tables = {}
+        for schema in (missing, existing):
+            project.make("migrate", DATABASE_URL=postgres_url, DATABASE_SCHEMA=schema)
+            tables[schema] = sql(project, postgres_url, count.format(schema))
+        with launched(
+            project, workers=1, DATABASE_URL=postgres_url, DATABASE_SCHEMA=missing
+        ) as server:
             ready = httpx.get(f"{server.url}/health/ready")
     finally:
-        sql(project, postgres_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for schema in (missing, existing):
+            sql(project, postgres_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
-    assert created == "2"  # alembic_version and items
+    assert tables == {missing: "2", existing: "2"}  # alembic_version and items
     assert ready.status_code == 200
 
 

@@ -53,17 +53,18 @@ async def run_online() -> None:
 async def create_schema(connection: AsyncConnection, schema: str) -> None:
     """DATABASE_SCHEMA, created if it is missing: the migrations create their tables in it."""
     exists = text("SELECT 1 FROM pg_namespace WHERE nspname = :schema")
-    if await connection.scalar(exists, {"schema": schema}):
-        return
-    quoted = connection.dialect.identifier_preparer.quote_schema(schema)
-    try:
-        await connection.execute(text(f"CREATE SCHEMA {quoted}"))
-        await connection.commit()
-    except DBAPIError as error:
-        raise SystemExit(
-            f"cannot create the schema {schema} (DATABASE_SCHEMA): {described(error)}; "
-            f"have it created by a user who may (CREATE SCHEMA {quoted}), or name another"
-        ) from None
+    if not await connection.scalar(exists, {"schema": schema}):
+        quoted = connection.dialect.identifier_preparer.quote_schema(schema)
+        try:
+            await connection.execute(text(f"CREATE SCHEMA {quoted}"))
+        except DBAPIError as error:
+            raise SystemExit(
+                f"cannot create the schema {schema} (DATABASE_SCHEMA): {described(error)}; "
+                f"have it created by a user who may (CREATE SCHEMA {quoted}), or name another"
+            ) from None
+    # End this transaction: the migrations run in one of their own, which Alembic commits
+    # (within one begun here, it would leave the commit to us, and nothing would be kept).
+    await connection.commit()
 
 
 if context.is_offline_mode():
