@@ -235,7 +235,7 @@ def test_image_runs_gunicorn_as_pid_1_unprivileged_without_build_tools(baked: Ba
     final_stage = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
     instructions = [line.split()[0] for line in final_stage if line[:1].isupper()]
 
-    assert final_stage[-1] == 'CMD ["gunicorn", "--config", "gunicorn.conf.py"]'
+    assert final_stage[-1] == f'CMD ["python", "-m", "{baked.project.path.name}.serve"]'
     assert "ENTRYPOINT" not in instructions
     assert "USER 10001:10001" in final_stage
     assert any(line.startswith("HEALTHCHECK") for line in final_stage)

@@ -4,9 +4,13 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from {{ cookiecutter.project_slug }}.db import Base, create_engine
+from {{ cookiecutter.project_slug }}.errors import described
 {%- if cookiecutter.__items %}
 from {{ cookiecutter.project_slug }}.items import models as _items  # noqa: F401  (registers the table)
 {%- endif %}
@@ -31,10 +35,36 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    engine = create_engine(get_settings(), pooled=False)
-    async with engine.connect() as connection:
+    settings = get_settings()
+    engine = create_engine(settings, pooled=False)
+    try:
+        connection = await engine.connect()
+    except (OSError, DBAPIError) as error:
+        raise SystemExit(f"cannot reach the database (DATABASE_URL): {described(error)}") from None
+    try:
+        if settings.database_schema and connection.dialect.name == "postgresql":
+            await create_schema(connection, settings.database_schema)
         await connection.run_sync(run_migrations)
-    await engine.dispose()
+    finally:
+        await connection.close()
+        await engine.dispose()
+
+
+async def create_schema(connection: AsyncConnection, schema: str) -> None:
+    """DATABASE_SCHEMA, created if it is missing: the migrations create their tables in it."""
+    exists = text("SELECT 1 FROM pg_namespace WHERE nspname = :schema")
+    if not await connection.scalar(exists, {"schema": schema}):
+        quoted = connection.dialect.identifier_preparer.quote_schema(schema)
+        try:
+            await connection.execute(text(f"CREATE SCHEMA {quoted}"))
+        except DBAPIError as error:
+            raise SystemExit(
+                f"cannot create the schema {schema} (DATABASE_SCHEMA): {described(error)}; "
+                f"have it created by a user who may (CREATE SCHEMA {quoted}), or name another"
+            ) from None
+    # End this transaction: the migrations run in one of their own, which Alembic commits
+    # (within one begun here, it would leave the commit to us, and nothing would be kept).
+    await connection.commit()
 
 
 if context.is_offline_mode():

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool, QueuePool
 
-from .errors import unavailable
+from .errors import Throttled, described, unavailable
 from .features import Feature, ReadinessChecks
 from .settings import Settings
 
@@ -31,6 +31,8 @@ from .settings import Settings
 CLIENT_TIMEOUT_MARGIN = 2
 
 logger = logging.getLogger(__name__)
+# Each request the database fails gets a 503: the log says why, a line now and then.
+answered_unavailable = Throttled(logger)
 
 
 class Base(DeclarativeBase):
@@ -113,11 +115,18 @@ async def ping(engine: AsyncEngine) -> None:
     would fail, their connections come back, and the next ping fail. Waiting here for a
     connection instead would take a busy but healthy instance out of its load balancer.
     """
-    pool = engine.pool
-    if isinstance(pool, QueuePool) and pool.checkedin() == 0 and pool.checkedout() >= pool.size():
+    if pool_is_busy(engine):
         return
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+def pool_is_busy(engine: AsyncEngine) -> bool:
+    """Every connection of the pool is checked out: one more would have to wait."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return False
+    return pool.checkedin() == 0 and pool.checkedout() >= pool.size()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -199,6 +208,7 @@ async def database_unavailable(_request: Request, error: Exception) -> Response:
     there; any other database error goes on to be the 500 (or whatever) it was."""
     if not is_unavailable(error):
         raise error
+    answered_unavailable.warning("the database is unavailable (503): %s", described(error))
     return unavailable("the database is unavailable; try again shortly")
 
 
@@ -212,8 +222,12 @@ async def _running(app: FastAPI) -> AsyncIterator[ReadinessChecks]:
     # Created here, after Gunicorn forked this worker: connections never cross processes.
     engine = create_engine(app.state.settings)
     app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+    # Imported here: the schema's check reads the database through this module.
+    from .schema_state import migrations_check
+
     try:
-        yield {"database": partial(ping, engine)}
+        checks = await migrations_check(engine, app.state.settings.readiness_timeout)
+        yield {"database": partial(ping, engine), **checks}
     finally:
         await engine.dispose()
 

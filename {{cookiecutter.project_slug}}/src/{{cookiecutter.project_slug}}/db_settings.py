@@ -1,8 +1,19 @@
 """The database's settings: where it is, and how much of it the service may use."""
 
+import re
+
 from pydantic import Field, field_validator
 
 from .service_settings import ServiceSettings
+
+# The port of a database URL, as SQLAlchemy finds it (its URL parser is not imported here:
+# every start reads the settings, and SQLAlchemy takes long to import).
+URL_PORT = re.compile(
+    r"[^:]*://"  # scheme
+    r"(?:[^:/]*(?::[^@]*)?@)?"  # user and password
+    r"(?:\[[^/?]+\]|[^/:?]+)?"  # host
+    r"(?::(?P<port>[^/?]*))?"
+)
 
 
 class DatabaseSettings(ServiceSettings):
@@ -22,6 +33,9 @@ class DatabaseSettings(ServiceSettings):
                 "must start with postgresql+asyncpg:// or sqlite+aiosqlite:// "
                 "(the service talks to its database asynchronously)"
             )
+        port = URL_PORT.match(url)
+        if port and port["port"] and not port["port"].isdigit():
+            raise ValueError(f"{port['port']!r} is not a port number")
         return url
 
     def check_workers(self, workers: int) -> None:

@@ -1,6 +1,8 @@
 """Error answers other than validation errors, and their place in the OpenAPI schema."""
 
 import json
+import logging
+import time
 from typing import Any
 
 from fastapi import HTTPException, Request, Response, status
@@ -65,6 +67,35 @@ def unavailable(detail: str) -> Response:
         headers={"retry-after": "1"},
         media_type="application/json",
     )
+
+
+def described(error: BaseException) -> str:
+    """An error's class and the first line of its message, for a log line: SQLAlchemy's go
+    on with the statement and a link."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+class Throttled:
+    """A warning that may recur at every request logged at most once per `every` seconds
+    (per process), so that an outage does not flood the log; the next line counts the ones
+    left out."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self.logger = logger
+        self.every = every
+        self.next_at = -float("inf")
+        self.left_out = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            self.left_out += 1
+            return
+        if self.left_out:
+            message += f" ({self.left_out} more since the last such line)"
+        self.logger.warning(message, *args)
+        self.next_at, self.left_out = now + self.every, 0
 
 
 # A 422 names this many errors, the first ones, and quotes at most this many characters of

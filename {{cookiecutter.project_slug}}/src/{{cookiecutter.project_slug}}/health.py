@@ -15,6 +15,12 @@ from pydantic import BaseModel
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
+
+class NotReady(Exception):
+    """A check's failure whose words are meant for the answer (and name no host or user):
+    /health/ready shows them as they are. The check logs what it finds itself."""
+
+
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -61,6 +67,8 @@ async def _failure(name: str, check: Awaitable[None], within: float) -> str | No
     except TimeoutError:
         logger.warning("readiness: %s gave no answer within %s s", name, within)
         return f"no answer within {within} s"
+    except NotReady as error:
+        return str(error)
     except Exception as error:  # any failure of a dependency means "not ready"
         logger.warning("readiness: %s failed: %r", name, error)
         return type(error).__name__

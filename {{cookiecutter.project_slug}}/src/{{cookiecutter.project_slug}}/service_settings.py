@@ -9,6 +9,7 @@ setting, set from the environment as `<TABLE>_<KEY>`: `[gunicorn] timeout` is
 `GUNICORN_TIMEOUT`. `origins` says, for each value, which of them set it.
 """
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
@@ -194,6 +195,43 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    # Gunicorn reads these three only once it runs: each is checked here as Gunicorn will
+    # read it, so that a wrong one stops the start with a line that names its variable.
+    @field_validator("bind")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        from gunicorn.util import parse_address
+
+        if value is not None:
+            try:
+                parse_address(value)
+            except RuntimeError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for network in (part.strip() for part in value.split(",")):
+            if network not in ("", "*"):
+                ipaddress.ip_network(network)  # its ValueError says what is wrong
+        return value
+
+    @field_validator("worker_class")
+    @classmethod
+    def _a_worker_class(cls, value: str) -> str:
+        if value == cls.model_fields["worker_class"].default:
+            return value
+        from gunicorn.util import load_class
+
+        try:
+            load_class(value, section="gunicorn.workers")
+        except Exception:  # Gunicorn's own words are a traceback
+            raise ValueError(
+                f"{value!r} is no Gunicorn worker class (asgi, or a dotted path)"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _metrics_on_a_port_of_their_own(self) -> Self:
