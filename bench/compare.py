@@ -53,6 +53,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 from importlib import metadata
 from pathlib import Path
 
@@ -68,7 +69,7 @@ POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 HOST_CPUS_PRETENDED = 16
-SECTIONS = ("servers", "cgroup", "database", "instructions")
+SECTIONS = ("servers", "cgroup", "database", "instructions", "tail")
 LOADS: list[float] = []  # the 1-minute load average at the start of every round
 
 
@@ -353,27 +354,7 @@ def servers_section(args: argparse.Namespace) -> dict[str, object]:
             workers=cpus,
         ),
         "gunicorn -k asgi": Server(gunicorn, {"WORKER_CLASS": "asgi"}, workers=cpus),
-        "granian": Server(
-            [
-                str(Path(python).parent / "granian"),
-                "--interface",
-                "asgi",
-                "--factory",
-                "--workers",
-                str(cpus),
-                "--loop",
-                "uvloop",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--log-config",
-                logs,
-                factory,
-            ],
-            metrics_dir,
-            workers=cpus,
-        ),
+        "granian": granian_server(cpus, metrics_dir),
         "bare FastAPI (no middleware)": Server([*gunicorn, "bench.apps:bare"], workers=cpus),
         "bare ASGI app (ceiling)": Server([*gunicorn, "ceiling:app"], workers=cpus),
     }
@@ -390,6 +371,134 @@ def servers_section(args: argparse.Namespace) -> dict[str, object]:
         "load_cpus": load_cpus,
         "rows": [vars(row) for row in rows(servers, runs)],
     }
+
+
+@dataclass
+class TailRun:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    errors: float
+    worker_pss_mib: float
+    probe: dict[str, object] | None  # what bench/probes.py saw inside the worker
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def tail_section(args: argparse.Namespace) -> dict[str, object]:
+    """(h) The tail of the latency: p50, p99 and p99.9 next to granian serving the same app,
+    and how long the worker's garbage collections paused it with and without freezing the
+    heap once the worker has started (bench/probes.py times each one)."""
+    server_cpus, load_cpus = split_cpus()
+    python = sys.executable
+    gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    metrics_dir = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-", dir=shm)}
+    # One worker: the server has one CPU. Recycling is then off as shipped.
+    one = {"WEB_CONCURRENCY": "1"}
+    servers = {
+        "generated service": Server([*gunicorn, "probes:frozen()"], one),
+        "generated service, heap not frozen": Server([*gunicorn, "probes:unfrozen()"], one),
+        "granian": granian_server(1, metrics_dir),
+        "bare FastAPI (no middleware)": Server([*gunicorn, "bench.apps:bare"], one),
+    }
+    script = RESULTS / "percentiles.lua"
+    script.write_text(PERCENTILES_SCRIPT)
+    runs: dict[str, list[TailRun]] = {name: [] for name in servers}
+    names = list(servers)
+    log = RESULTS / "logs" / "server.log"
+    print(f"tail: GET /health/live, server on CPU {server_cpus}, wrk on {load_cpus}")
+    for number in range(args.rounds):
+        LOADS.append(os.getloadavg()[0])
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            with serving(servers[name], "/health/live", pinned(server_cpus), log) as (url, pid, _):
+                probed = "probes:" in " ".join(servers[name].command)
+                wrk(f"{url}/health/live", 1, args.connections, cpus=load_cpus)  # warm up
+                if probed:
+                    json.load(urllib.request.urlopen(f"{url}/bench/probe?reset=1"))
+                result = wrk(
+                    f"{url}/health/live",
+                    args.seconds,
+                    args.connections,
+                    "--script",
+                    str(script),
+                    cpus=load_cpus,
+                )
+                probe = json.load(urllib.request.urlopen(f"{url}/bench/probe")) if probed else None
+                workers = descendants(pid)
+                run = TailRun(
+                    result["rate"],
+                    result["p50_ms"],
+                    result["p99_ms"],
+                    result["p999_ms"],
+                    result["errors"],
+                    pss_mib(workers) / max(1, len(workers)),
+                    probe,
+                )
+            runs[name].append(run)
+            print(
+                f"  round {number + 1}/{args.rounds} {name:36} {run.rate:8.0f} req/s  p50 "
+                f"{run.p50_ms:6.2f}  p99 {run.p99_ms:6.2f}  p99.9 {run.p999_ms:6.2f} ms  "
+                f"worker PSS {run.worker_pss_mib:5.1f} MiB",
+                flush=True,
+            )
+    shutil.rmtree(metrics_dir["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    rows_ = []
+    for name, done in runs.items():
+        row: dict[str, object] = {"name": name}
+        for key in ("rate", "p50_ms", "p99_ms", "p999_ms", "worker_pss_mib"):
+            row[key] = spread([getattr(run, key) for run in done])
+        row["errors"] = sum(run.errors for run in done)
+        if done[0].probe is not None:
+            row["gc"] = gc_pauses([run.probe for run in done if run.probe])
+        rows_.append(row)
+    return {"server_cpus": server_cpus, "load_cpus": load_cpus, "rows": rows_}
+
+
+def gc_pauses(probes: list[dict[str, object]]) -> dict[str, object]:
+    """The rounds' collections summed: a histogram of pauses per generation, the longest."""
+    bounds = probes[0]["bounds_ms"]
+    counts = {
+        generation: [sum(p["pauses"][generation][i] for p in probes) for i in range(len(bounds) + 1)]  # type: ignore[index]
+        for generation in ("0", "1", "2")
+    }
+    longest = [max(p["longest_ms"][g] for p in probes) for g in range(3)]  # type: ignore[index]
+    return {
+        "bounds_ms": bounds,
+        "counts": counts,
+        "longest_ms": longest,
+        "frozen_objects": probes[0]["frozen_objects"],
+        "thresholds": probes[0]["thresholds"],
+    }
+
+
+def granian_server(workers: int, env: dict[str, str]) -> Server:
+    """granian serving the service's app factory, logging as the service does."""
+    python = sys.executable
+    return Server(
+        [
+            str(Path(python).parent / "granian"),
+            "--interface",
+            "asgi",
+            "--factory",
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-config",
+            str(log_config_file()),
+            "my_service.main:create_app",
+        ],
+        env,
+        workers=workers,
+    )
 
 
 @contextmanager
@@ -757,7 +866,71 @@ def report(results: dict[str, object]) -> dict[str, str]:
             f"{(full - quiet) / (full - bare):.0%} of what the stack adds",
             "",
         ]
+    if tail := results.get("tail"):
+        out["tail"] = tail_report(tail)
     return {name: "\n".join(lines).strip() for name, lines in out.items()}
+
+
+def tail_report(tail: dict[str, object]) -> list[str]:
+    rows_ = {row["name"]: row for row in tail["rows"]}  # type: ignore[attr-defined]
+    frozen, unfrozen = rows_["generated service"], rows_["generated service, heap not frozen"]
+    granian, bare = rows_["granian"], rows_["bare FastAPI (no middleware)"]
+
+    def cell(row: dict[str, Any], key: str, digits: int = 1) -> str:
+        value = row[key]
+        return f"{value['median']:,.{digits}f} ({value['min']:,.{digits}f}–{value['max']:,.{digits}f})"
+
+    lines = [
+        f"### (h) The tail: GET /health/live, one worker on CPU {tail['server_cpus']}, wrk on "
+        f"CPU {tail['load_cpus']}, {tail['connections']} connections, median (min–max) of "
+        f"{tail['rounds']} interleaved rounds of {tail['seconds']} s",
+        "",
+        f"Measured {tail['when']}.",
+        "",
+        "| configuration | req/s | p50 ms | p99 ms | p99.9 ms | PSS per worker MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {row['name']} | {cell(row, 'rate', 0)} | {cell(row, 'p50_ms', 2)} | "
+            f"{cell(row, 'p99_ms')} | {cell(row, 'p999_ms')} | {cell(row, 'worker_pss_mib')} |"
+            + (f" ({row['errors']:.0f} socket errors)" if row["errors"] else "")
+            for row in rows_.values()
+        ),
+        "",
+        f"- p99, generated / granian: **{frozen['p99_ms']['median'] / granian['p99_ms']['median']:.2f}** "
+        f"(target ≤ 2); without freezing the heap: "
+        f"{unfrozen['p99_ms']['median'] / granian['p99_ms']['median']:.2f}",
+        f"- throughput, generated / granian: "
+        f"**{frozen['rate']['median'] / granian['rate']['median']:.2f}** (target ≥ 0.95)",
+        f"- throughput, generated / bare FastAPI: "
+        f"**{frozen['rate']['median'] / bare['rate']['median']:.2f}** (target ≥ 0.85)",
+        f"- PSS per worker, frozen / not frozen: "
+        f"**{frozen['worker_pss_mib']['median'] / unfrozen['worker_pss_mib']['median']:.2f}** "
+        f"(target ≤ 1.10)",
+        "",
+        "Garbage collections during the measured seconds of all rounds, by how long each "
+        "paused the worker (timed by `gc.callbacks`, bench/probes.py):",
+        "",
+    ]
+    bounds = frozen["gc"]["bounds_ms"]
+    labels = [f"≤ {b:g}" for b in bounds] + [f"> {bounds[-1]:g}"]
+    lines += [
+        "| heap | generation | " + " | ".join(f"{label} ms" for label in labels) + " | longest ms |",
+        "|---|---:|" + "---:|" * (len(labels) + 1),
+    ]
+    for label, row in (("frozen at startup", frozen), ("not frozen", unfrozen)):
+        gc_ = row["gc"]
+        for generation in ("0", "1", "2"):
+            counts = " | ".join(f"{count:,}" for count in gc_["counts"][generation])
+            lines.append(
+                f"| {label} | {generation} | {counts} | {gc_['longest_ms'][int(generation)]:.1f} |"
+            )
+    lines += [
+        "",
+        f"Frozen objects in the worker: {frozen['gc']['frozen_objects']:,}; collection "
+        f"thresholds {tuple(frozen['gc']['thresholds'])}.",
+        "",
+    ]
+    return lines
 
 
 def plot(results: dict[str, object], into: Path) -> list[Path]:
@@ -886,7 +1059,14 @@ def report_and_plot(results: dict[str, object], docs: bool) -> None:
 if Path(sys.prefix).resolve() != VENV.resolve():
     prepare()
 sys.path[:0] = [str(HERE), str(PROJECT / "src"), str(PROJECT)]
-from bench.harness import free_port, pinned, split_cpus, wrk, wrk_path  # noqa: E402
+from bench.harness import (  # noqa: E402
+    PERCENTILES_SCRIPT,
+    free_port,
+    pinned,
+    split_cpus,
+    wrk,
+    wrk_path,
+)
 
 # The template's bench apps (naive_app, ceiling, raw_items), then the project and its apps.
 ENV = {**os.environ, "PYTHONPATH": ":".join(sys.path[:3]), "LOG_LEVEL": "info"}
