@@ -53,9 +53,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 HERE = TEMPLATE / "bench"
@@ -69,7 +69,7 @@ POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 HOST_CPUS_PRETENDED = 16
-SECTIONS = ("servers", "cgroup", "database", "instructions", "tail")
+SECTIONS = ("servers", "cgroup", "database", "instructions", "tail", "recycling", "overload")
 LOADS: list[float] = []  # the 1-minute load average at the start of every round
 
 
@@ -458,11 +458,238 @@ def tail_section(args: argparse.Namespace) -> dict[str, object]:
     return {"server_cpus": server_cpus, "load_cpus": load_cpus, "rows": rows_}
 
 
+RECYCLE_WINDOW = 30  # seconds measured in the recycling section
+RECYCLE_LIFETIME = 8  # and the workers' lifetime there, plus up to 4 s of jitter
+
+
+def recycling_section(args: argparse.Namespace) -> dict[str, object]:
+    """(i) Recycling as shipped against none, two workers on the server's CPU, at the
+    highest rate (GET /health/live), over a window in which every worker recycles."""
+    server_cpus, load_cpus = split_cpus()
+    python = sys.executable
+    gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    two = {"WEB_CONCURRENCY": "2"}
+    servers = {
+        f"recycling as shipped, lifetime {RECYCLE_LIFETIME} s": Server(
+            gunicorn,
+            {
+                **two,
+                "GUNICORN_MAX_WORKER_LIFETIME": str(RECYCLE_LIFETIME),
+                "GUNICORN_MAX_WORKER_LIFETIME_JITTER": "4",
+            },
+            workers=2,
+        ),
+        "recycling off": Server(
+            [*gunicorn, "--max-requests", "0"],
+            {**two, "GUNICORN_MAX_WORKER_LIFETIME": "0"},
+            workers=2,
+        ),
+    }
+    script = RESULTS / "percentiles.lua"
+    script.write_text(PERCENTILES_SCRIPT)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    names = list(servers)
+    print(f"recycling: GET /health/live, 2 workers on CPU {server_cpus}, wrk on {load_cpus}")
+    for number in range(args.rounds):
+        LOADS.append(os.getloadavg()[0])
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            log = RESULTS / "logs" / "recycling.log"
+            log.unlink(missing_ok=True)
+            with serving(servers[name], "/health/live", pinned(server_cpus), log) as (url, _, _):
+                # Warmed up past the first recycle, after which the master holds the
+                # libraries: what a service that has run for a while has.
+                warm_up = RECYCLE_LIFETIME + 6
+                wrk(f"{url}/health/live", warm_up, args.connections, cpus=load_cpus)
+                began = log.read_text().count("recycling after")
+                result = wrk(
+                    f"{url}/health/live",
+                    RECYCLE_WINDOW,
+                    args.connections,
+                    "--script",
+                    str(script),
+                    cpus=load_cpus,
+                )
+                result["recycled"] = log.read_text().count("recycling after") - began
+            runs[name].append(result)
+            print(
+                f"  round {number + 1}/{args.rounds} {name:36} {result['rate']:8.0f} req/s  "
+                f"p99 {result['p99_ms']:6.2f} ms  recycled {result['recycled']:.0f}  "
+                f"errors {result['errors']:.0f}",
+                flush=True,
+            )
+    return {
+        "server_cpus": server_cpus,
+        "load_cpus": load_cpus,
+        "window": RECYCLE_WINDOW,
+        "rows": [
+            {
+                "name": name,
+                **{key: spread([run[key] for run in done]) for key in ("rate", "p99_ms")},
+                "recycled": [run["recycled"] for run in done],
+                "errors": sum(run["errors"] for run in done),
+            }
+            for name, done in runs.items()
+        ],
+    }
+
+
+@contextmanager
+def items_table(rows: int = 1000) -> Iterator[dict[str, str]]:
+    """A schema of its own with `rows` items, until the block ends; yields the service's
+    environment for it."""
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    database = {"DATABASE_URL": POSTGRES_URL, "DATABASE_SCHEMA": schema}
+    postgres(f"await c.execute('CREATE SCHEMA {schema}')")
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=PROJECT,
+            env={**ENV, **database},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        postgres(
+            f'await c.execute("INSERT INTO {schema}.items (name, description, price_cents, '
+            "created_at, updated_at) SELECT 'item ' || n, 'a bench item', n, now(), now() "
+            f'FROM generate_series(1, {rows}) AS n")'
+        )
+        yield database
+    finally:
+        postgres(f"await c.execute('DROP SCHEMA {schema} CASCADE')")
+
+
+OVERLOAD_SECONDS = 10
+OVERLOADS = (0.25, 1, 2, 4)  # times the measured capacity; 0.25 is "unloaded"
+
+
+def open_loop(url: str, rate: float, cpus: str | None) -> dict[str, Any]:
+    output = subprocess.run(
+        [
+            *pinned(cpus),
+            sys.executable,
+            str(HERE / "open_loop.py"),
+            url,
+            "/items/{n}",
+            str(rate),
+            str(OVERLOAD_SECONDS),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(output)
+    return result
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def overload_section(args: argparse.Namespace) -> dict[str, object]:
+    """(j) GET /items/{id} on PostgreSQL, one worker on one CPU, under an open-loop load
+    (bench/open_loop.py) at multiples of its measured capacity, shedding off and on."""
+    server_cpus, load_cpus = split_cpus()
+    python = sys.executable
+    # One worker, without recycling: the load is on the same worker throughout.
+    gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py", "probes:frozen()"]
+    one = {"WEB_CONCURRENCY": "1"}
+    shipped_wait = subprocess.run(
+        [python, "gunicorn.conf.py"], cwd=PROJECT, env=ENV, capture_output=True, check=True
+    ).stdout
+    max_wait = json.loads(shipped_wait)["settings"]["max_request_wait"]
+    runs: list[dict[str, Any]] = []
+    capacities = []
+    log = RESULTS / "logs" / "overload.log"
+    with items_table() as database:
+        servers = {
+            "shedding off": Server(gunicorn, {**database, **one, "MAX_REQUEST_WAIT": "0"}),
+            f"shedding on (max_request_wait {max_wait} s)": Server(gunicorn, {**database, **one}),
+        }
+        script = RESULTS / "random_item.lua"
+        script.write_text(
+            "request = function()\n"
+            '  return wrk.format(nil, "/items/" .. math.random(1, 1000))\n'
+            "end\n"
+        )
+        print(f"overload: GET /items/<random 1..1000>, 1 worker on CPU {server_cpus}")
+        for number in range(args.rounds):
+            LOADS.append(os.getloadavg()[0])
+            # The capacity: closed-loop, as many connections as the other sections, no shedding.
+            with serving(servers["shedding off"], "/health/live", pinned(server_cpus), log) as (
+                url,
+                _,
+                _,
+            ):
+                wrk(f"{url}/items/1", 1, args.connections, "--script", str(script), cpus=load_cpus)
+                capacity = wrk(
+                    f"{url}/items/1",
+                    args.seconds,
+                    args.connections,
+                    "--script",
+                    str(script),
+                    cpus=load_cpus,
+                )["rate"]
+            capacities.append(capacity)
+            print(f"  round {number + 1}/{args.rounds} capacity {capacity:,.0f} req/s", flush=True)
+            names = list(servers)
+            for name in names[number % 2 :] + names[: number % 2]:
+                with serving(servers[name], "/health/live", pinned(server_cpus), log) as (
+                    url,
+                    _,
+                    _,
+                ):
+                    for times in OVERLOADS:
+                        json.load(urllib.request.urlopen(f"{url}/bench/probe?reset=1"))
+                        result = open_loop(url, times * capacity, load_cpus)
+                        probe = json.load(urllib.request.urlopen(f"{url}/bench/probe"))
+                        served = sum(
+                            count
+                            for status, count in result["statuses"].items()
+                            if status[0] == "2"
+                        )
+                        shed = result["statuses"].get("503", 0)
+                        run = {
+                            "name": name,
+                            "times": times,
+                            "round": number,
+                            "capacity": capacity,
+                            "sent": result["sent"],
+                            "served": served,
+                            "shed": shed,
+                            "failed": result["failed"],
+                            "goodput": served / OVERLOAD_SECONDS,
+                            "p50_ms": percentile(result["latencies_ms"]["2xx"], 0.5),
+                            "p99_ms": percentile(result["latencies_ms"]["2xx"], 0.99),
+                            "shed_p99_ms": percentile(result["latencies_ms"]["503"], 0.99),
+                            "statements": probe["statements"],
+                        }
+                        runs.append(run)
+                        print(
+                            f"    {name:44} {times:4}x {times * capacity:7,.0f}/s: served "
+                            f"{served:6} p50 {run['p50_ms']:7.1f} p99 {run['p99_ms']:7.1f} ms, "
+                            f"503 {shed:6}, failed {run['failed']:5}, SQL statements "
+                            f"{run['statements']}",
+                            flush=True,
+                        )
+                        time.sleep(2)  # what is still queued drains
+    return {
+        "server_cpus": server_cpus,
+        "load_cpus": load_cpus,
+        "window": OVERLOAD_SECONDS,
+        "capacities": capacities,
+        "names": list(servers),
+        "runs": runs,
+    }
+
+
 def gc_pauses(probes: list[dict[str, object]]) -> dict[str, object]:
     """The rounds' collections summed: a histogram of pauses per generation, the longest."""
     bounds = probes[0]["bounds_ms"]
     counts = {
-        generation: [sum(p["pauses"][generation][i] for p in probes) for i in range(len(bounds) + 1)]  # type: ignore[index]
+        generation: [
+            sum(p["pauses"][generation][i] for p in probes) for i in range(len(bounds) + 1)
+        ]  # type: ignore[index]
         for generation in ("0", "1", "2")
     }
     longest = [max(p["longest_ms"][g] for p in probes) for g in range(3)]  # type: ignore[index]
@@ -868,6 +1095,10 @@ def report(results: dict[str, object]) -> dict[str, str]:
         ]
     if tail := results.get("tail"):
         out["tail"] = tail_report(tail)
+    if recycling := results.get("recycling"):
+        out["recycling"] = recycling_report(recycling)
+    if overload := results.get("overload"):
+        out["overload"] = overload_report(overload)
     return {name: "\n".join(lines).strip() for name, lines in out.items()}
 
 
@@ -878,11 +1109,13 @@ def tail_report(tail: dict[str, object]) -> list[str]:
 
     def cell(row: dict[str, Any], key: str, digits: int = 1) -> str:
         value = row[key]
-        return f"{value['median']:,.{digits}f} ({value['min']:,.{digits}f}–{value['max']:,.{digits}f})"
+        return (
+            f"{value['median']:,.{digits}f} ({value['min']:,.{digits}f}-{value['max']:,.{digits}f})"
+        )
 
     lines = [
         f"### (h) The tail: GET /health/live, one worker on CPU {tail['server_cpus']}, wrk on "
-        f"CPU {tail['load_cpus']}, {tail['connections']} connections, median (min–max) of "
+        f"CPU {tail['load_cpus']}, {tail['connections']} connections, median (min-max) of "
         f"{tail['rounds']} interleaved rounds of {tail['seconds']} s",
         "",
         f"Measured {tail['when']}.",
@@ -896,7 +1129,8 @@ def tail_report(tail: dict[str, object]) -> list[str]:
             for row in rows_.values()
         ),
         "",
-        f"- p99, generated / granian: **{frozen['p99_ms']['median'] / granian['p99_ms']['median']:.2f}** "
+        f"- p99, generated / granian: "
+        f"**{frozen['p99_ms']['median'] / granian['p99_ms']['median']:.2f}** "
         f"(target ≤ 2); without freezing the heap: "
         f"{unfrozen['p99_ms']['median'] / granian['p99_ms']['median']:.2f}",
         f"- throughput, generated / granian: "
@@ -914,7 +1148,9 @@ def tail_report(tail: dict[str, object]) -> list[str]:
     bounds = frozen["gc"]["bounds_ms"]
     labels = [f"≤ {b:g}" for b in bounds] + [f"> {bounds[-1]:g}"]
     lines += [
-        "| heap | generation | " + " | ".join(f"{label} ms" for label in labels) + " | longest ms |",
+        "| heap | generation | "
+        + " | ".join(f"{label} ms" for label in labels)
+        + " | longest ms |",
         "|---|---:|" + "---:|" * (len(labels) + 1),
     ]
     for label, row in (("frozen at startup", frozen), ("not frozen", unfrozen)):
@@ -928,6 +1164,95 @@ def tail_report(tail: dict[str, object]) -> list[str]:
         "",
         f"Frozen objects in the worker: {frozen['gc']['frozen_objects']:,}; collection "
         f"thresholds {tuple(frozen['gc']['thresholds'])}.",
+        "",
+    ]
+    return lines
+
+
+def recycling_report(section: dict[str, object]) -> list[str]:
+    shipped, off = section["rows"]  # type: ignore[misc]
+    return [
+        f"### (i) Recycling: GET /health/live, 2 workers on CPU {section['server_cpus']}, "
+        f"wrk on CPU {section['load_cpus']}, {section['connections']} connections, median "
+        f"(min-max) of {section['rounds']} interleaved rounds of {section['window']} s",
+        "",
+        f"Measured {section['when']}. The lifetime is lowered to {RECYCLE_LIFETIME} s (plus up "
+        f"to 4 s of jitter) so that every worker recycles within each window; the profiles ship "
+        f"an hour.",
+        "",
+        "| configuration | req/s | p99 ms | workers recycled in each window |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {row['name']} | {row['rate']['median']:,.0f} ({row['rate']['min']:,.0f}-"
+            f"{row['rate']['max']:,.0f}) | {row['p99_ms']['median']:.1f} "
+            f"({row['p99_ms']['min']:.1f}-{row['p99_ms']['max']:.1f}) | "
+            f"{', '.join(f'{n:.0f}' for n in row['recycled'])} |"
+            + (f" ({row['errors']:.0f} socket errors)" if row["errors"] else "")
+            for row in (shipped, off)
+        ),
+        "",
+        f"- throughput, recycling / off: "
+        f"**{shipped['rate']['median'] / off['rate']['median']:.2f}** "
+        f"(target ≥ 0.95); p99 {shipped['p99_ms']['median']:.1f} ms against "
+        f"{off['p99_ms']['median']:.1f} ms",
+        "",
+    ]
+
+
+def overload_report(section: dict[str, Any]) -> list[str]:
+    capacity = statistics.median(section["capacities"])
+    runs = section["runs"]
+
+    def median(name: str, times: float, key: str) -> float:
+        return statistics.median(r[key] for r in runs if r["name"] == name and r["times"] == times)
+
+    lines = [
+        f"### (j) Overload: GET /items/<random id of 1,000> on PostgreSQL, one worker on CPU "
+        f"{section['server_cpus']}, open-loop load (bench/open_loop.py) on CPU "
+        f"{section['load_cpus']}, median of {section['rounds']} rounds of {section['window']} s",
+        "",
+        f"Measured {section['when']}. Capacity, closed-loop with wrk and "
+        f"{section['connections']} connections, shedding off: {capacity:,.0f} req/s (rounds: "
+        + ", ".join(f"{c:,.0f}" for c in section["capacities"])
+        + "). Each round measures it again, and loads at multiples of that round's figure. "
+        "Latencies count from when each request was due, not when it could be sent.",
+        "",
+        "| shedding | load | served p50 ms | served p99 ms | goodput / capacity | 503 share "
+        "| failed (no answer in 10 s) | SQL statements not for a served request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in section["names"]:
+        for times in OVERLOADS:
+            chosen = [r for r in runs if r["name"] == name and r["times"] == times]
+            sent = sum(r["sent"] for r in chosen)
+            shed = sum(r["shed"] for r in chosen)
+            unserved = sum(r["statements"] - r["served"] for r in chosen)
+            goodput = statistics.median(r["goodput"] / r["capacity"] for r in chosen)
+            lines.append(
+                f"| {name} | {times:g}x | {median(name, times, 'p50_ms'):,.1f} | "
+                f"{median(name, times, 'p99_ms'):,.1f} | {goodput:.2f} | {shed / sent:.0%} | "
+                f"{sum(r['failed'] for r in chosen):,} | {unserved:,} |"
+            )
+    on = section["names"][1]
+    unloaded = median(on, OVERLOADS[0], "p99_ms")
+    at_two = median(on, 2, "p99_ms")
+    clean = [r for r in runs if r["shed"] and not r["failed"]]
+    goodput_at_two = statistics.median(
+        r["goodput"] / r["capacity"] for r in runs if r["name"] == on and r["times"] == 2
+    )
+    lines += [
+        "",
+        f"- at 2x, shedding on: served p99 {at_two:,.1f} ms = **{at_two / unloaded:.1f}x** the "
+        f"unloaded p99 ({unloaded:.1f} ms at {OVERLOADS[0]:g}x; target ≤ 3x); goodput "
+        f"**{goodput_at_two:.2f}** "
+        "of capacity (target ≥ 0.90)",
+        "- Each served request runs one SQL statement (bench/probes.py counts every statement "
+        "the worker's engine runs). In the "
+        f"{len(clean)} runs where requests were shed and no client gave up, "
+        f"{sum(r['shed'] for r in clean):,} requests shed in all, the statements beyond one "
+        f"per served request came to {sum(r['statements'] - r['served'] for r in clean):,}: "
+        "a shed request does no work. Where clients gave up (failed), the worker still ran "
+        "most of their statements, after they had left: the work shedding saves.",
         "",
     ]
     return lines

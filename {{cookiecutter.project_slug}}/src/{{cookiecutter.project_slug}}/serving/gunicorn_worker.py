@@ -64,6 +64,10 @@ logger = logging.getLogger("uvicorn.error")
 
 # Seconds an idle connection stays open after shutdown begins, for a request in flight to land.
 DRAIN_GRACE = 1.0
+# Linux's struct tcp_info, as far as tcpi_last_data_recv: milliseconds since the kernel
+# last received data on the connection (<linux/tcp.h>).
+TCP_INFO_SIZE = 56
+LAST_DATA_RECV = slice(52, 56)
 # Seconds a refused request's connection goes on reading (and dropping) what the client
 # still sends: closed with unread data, it would be reset, and the answer lost with it.
 LINGER = 2.0
@@ -177,14 +181,27 @@ class ServingProtocol(HttpToolsProtocol):
         if self.draining and self.parser.should_upgrade():
             # A WebSocket opened now would outlive the shutdown already under way.
             raise Refused(503, "draining", "the server is restarting; connect again")
-        # When the worker read the request: the middleware sheds it if it waited too long
+        # When the request reached the worker: the middleware sheds it if it waited too long
         # before the app could see it (serving/middleware.py reads this same key).
-        self.scope["extensions"] = {"head_read_at": self.loop.time()}  # type: ignore[dict-item]
+        read_at = self.loop.time()
+        if self.requests_begun == 1:  # a new connection's: it may have waited to be accepted
+            read_at -= self.waited_in_kernel()
+        self.scope["extensions"] = {"head_read_at": read_at}  # type: ignore[dict-item]
         super().on_headers_complete()
         self.head_began, self.head_bytes = None, 0
         self.reading_body, self.body_bytes, self.body_checked = True, 0, None
         if self.draining:
             self.cycle.keep_alive = False  # answer with Connection: close, then close
+
+    def waited_in_kernel(self) -> float:
+        """Seconds since the kernel received the last of this connection's data: a new
+        connection waits in the listen backlog, unseen by the worker, while it is busy."""
+        connection = self.transport.get_extra_info("socket")
+        try:
+            info = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+        except (AttributeError, OSError):  # not Linux, or not TCP
+            return 0.0
+        return int.from_bytes(info[LAST_DATA_RECV], sys.byteorder) / 1000
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
