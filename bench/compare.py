@@ -1,7 +1,7 @@
 """The generated service side by side with what people would otherwise run.
 
     python3 bench/compare.py                  # every section; results in .cache/bench-results/
-    python3 bench/compare.py --only cgroup    # one section (or servers, database, instructions)
+    python3 bench/compare.py --only cgroup    # one section (see SECTIONS)
     python3 bench/compare.py --docs           # also write the tables and plots into docs/
     python3 bench/compare.py --report-only    # the last run's results.json as Markdown again
 
@@ -30,6 +30,14 @@ instructions  (g) CPU instructions per GET /health/live in-process (no server), 
           FastAPI. Counts are repeatable whatever else the machine does: the noise-free
           view of what the middleware costs. Needs valgrind.
 
+tail      (h) GET /health/live, one worker: p50, p99 and p99.9 next to granian serving the same
+          app and bare FastAPI, and the worker's garbage-collection pauses with and without
+          freezing its heap after startup (bench/probes.py).
+recycling (i) GET /health/live, two workers: recycling as shipped (its lifetime lowered so
+          every worker recycles within the window) against none.
+overload  (j) GET /items/{id} on PostgreSQL, one worker, under an open-loop load
+          (bench/open_loop.py) at 0.25 to 4 times its measured capacity, shedding off and on.
+
 Every round runs each configuration once, in a rotating order, so all of them see the same
 machine noise; the tables give medians over the rounds, and ratios. The machines we run on
 are shared: read the ratios, not the absolute figures.
@@ -48,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -418,7 +427,7 @@ def tail_section(args: argparse.Namespace) -> dict[str, object]:
                 probed = "probes:" in " ".join(servers[name].command)
                 wrk(f"{url}/health/live", 1, args.connections, cpus=load_cpus)  # warm up
                 if probed:
-                    json.load(urllib.request.urlopen(f"{url}/bench/probe?reset=1"))
+                    read_probe(url, reset=True)
                 result = wrk(
                     f"{url}/health/live",
                     args.seconds,
@@ -427,7 +436,7 @@ def tail_section(args: argparse.Namespace) -> dict[str, object]:
                     str(script),
                     cpus=load_cpus,
                 )
-                probe = json.load(urllib.request.urlopen(f"{url}/bench/probe")) if probed else None
+                probe = read_probe(url) if probed else None
                 workers = descendants(pid)
                 run = TailRun(
                     result["rate"],
@@ -640,9 +649,9 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
                     _,
                 ):
                     for times in OVERLOADS:
-                        json.load(urllib.request.urlopen(f"{url}/bench/probe?reset=1"))
+                        read_probe(url, reset=True)
                         result = open_loop(url, times * capacity, load_cpus)
-                        probe = json.load(urllib.request.urlopen(f"{url}/bench/probe"))
+                        probe = read_probe(url)
                         served = sum(
                             count
                             for status, count in result["statuses"].items()
@@ -681,6 +690,21 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
         "names": list(servers),
         "runs": runs,
     }
+
+
+def read_probe(url: str, reset: bool = False) -> dict[str, Any]:
+    """What bench/probes.py saw in the worker. A worker that has just been loaded past
+    capacity may shed the first try (503): that is what it is for."""
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(f"{url}/bench/probe{'?reset=1' * reset}") as answer:
+                found: dict[str, Any] = json.load(answer)
+                return found
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            time.sleep(0.2)
+    raise RuntimeError(f"{url}/bench/probe answered 503 fifty times")
 
 
 def gc_pauses(probes: list[dict[str, object]]) -> dict[str, object]:

@@ -13,8 +13,20 @@ Here an idle connection is instead marked as draining: its next request is answe
 Gunicorn starts a recycled worker's successor only once it has exited, and the successor
 takes a while to import the app. Workers under even load reach `max_requests` together,
 so stock recycling can leave no worker serving, for as long as a successor takes to boot.
-Here a worker past its limit leaves only while every other worker serves (`Turns`), and
-goes on serving until then.
+Here a worker past its limit (`max_requests`, or the profile's `max_worker_lifetime` in
+seconds) leaves only while every other worker serves (`Turns`), and goes on serving until
+then. The first worker to start lists the libraries it imported, which the master imports
+before it forks the next ones (gunicorn.conf.py): a successor then imports only the
+project's own code.
+
+Once the app has started, the worker freezes its heap (`gc.freeze()`): Python's full
+collections otherwise walk every object the app, its routes and its libraries hold, tens
+of milliseconds during which no request is served.
+
+Each request is stamped with when it reached the worker, for the middleware to shed one
+that waited too long (serving/middleware.py): when its head was read, or, for a new
+connection's first request, when the kernel received it, since a busy worker leaves new
+connections waiting in the listen backlog.
 
 On a reload (SIGHUP), Gunicorn starts the new workers and at once tells the old ones to
 stop, while the new ones are still importing the app: for a second or more nothing
