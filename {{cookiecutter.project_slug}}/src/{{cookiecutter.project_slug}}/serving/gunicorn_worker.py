@@ -481,7 +481,9 @@ class RecyclingServer(Server):
             return True
         if not self.waiting:
             self.waiting = True
-            logger.info("due to recycle; recycling once every other worker serves")
+            logger.info(
+                "past max_requests or max_worker_lifetime; recycling once every other worker serves"
+            )
         return False
 
     def enforce_deadlines(self) -> None:
