@@ -1,7 +1,7 @@
 """The generated service side by side with what people would otherwise run.
 
     python3 bench/compare.py                  # every section; results in .cache/bench-results/
-    python3 bench/compare.py --only cgroup    # one section (or servers, database, instructions)
+    python3 bench/compare.py --only cgroup    # one section (see SECTIONS)
     python3 bench/compare.py --docs           # also write the tables and plots into docs/
     python3 bench/compare.py --report-only    # the last run's results.json as Markdown again
 
@@ -30,6 +30,14 @@ instructions  (g) CPU instructions per GET /health/live in-process (no server), 
           FastAPI. Counts are repeatable whatever else the machine does: the noise-free
           view of what the middleware costs. Needs valgrind.
 
+tail      (h) GET /health/live, one worker: p50, p99 and p99.9 next to granian serving the same
+          app and bare FastAPI, and the worker's garbage-collection pauses with and without
+          freezing its heap after startup (bench/probes.py).
+recycling (i) GET /health/live, two workers: recycling as shipped (its lifetime lowered so
+          every worker recycles within the window) against none.
+overload  (j) GET /items/{id} on PostgreSQL, one worker, under an open-loop load
+          (bench/open_loop.py) at 0.25 to 4 times its measured capacity, shedding off and on.
+
 Every round runs each configuration once, in a rotating order, so all of them see the same
 machine noise; the tables give medians over the rounds, and ratios. The machines we run on
 are shared: read the ratios, not the absolute figures.
@@ -48,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -55,6 +64,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 HERE = TEMPLATE / "bench"
@@ -68,7 +78,7 @@ POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 HOST_CPUS_PRETENDED = 16
-SECTIONS = ("servers", "cgroup", "database", "instructions")
+SECTIONS = ("servers", "cgroup", "database", "instructions", "tail", "recycling", "overload")
 LOADS: list[float] = []  # the 1-minute load average at the start of every round
 
 
@@ -187,7 +197,8 @@ def serving(
         process = subprocess.Popen(
             [*prefix, *(part.format(port=port) for part in server.command)],
             cwd=server.cwd,
-            env={**ENV, "PORT": str(port), **server.env},
+            # A metrics port of its own too: another server may hold the default one.
+            env={**ENV, "PORT": str(port), "METRICS_PORT": str(free_port()), **server.env},
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -353,27 +364,7 @@ def servers_section(args: argparse.Namespace) -> dict[str, object]:
             workers=cpus,
         ),
         "gunicorn -k asgi": Server(gunicorn, {"WORKER_CLASS": "asgi"}, workers=cpus),
-        "granian": Server(
-            [
-                str(Path(python).parent / "granian"),
-                "--interface",
-                "asgi",
-                "--factory",
-                "--workers",
-                str(cpus),
-                "--loop",
-                "uvloop",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--log-config",
-                logs,
-                factory,
-            ],
-            metrics_dir,
-            workers=cpus,
-        ),
+        "granian": granian_server(cpus, metrics_dir),
         "bare FastAPI (no middleware)": Server([*gunicorn, "bench.apps:bare"], workers=cpus),
         "bare ASGI app (ceiling)": Server([*gunicorn, "ceiling:app"], workers=cpus),
     }
@@ -390,6 +381,382 @@ def servers_section(args: argparse.Namespace) -> dict[str, object]:
         "load_cpus": load_cpus,
         "rows": [vars(row) for row in rows(servers, runs)],
     }
+
+
+@dataclass
+class TailRun:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    errors: float
+    worker_pss_mib: float
+    probe: dict[str, object] | None  # what bench/probes.py saw inside the worker
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def tail_section(args: argparse.Namespace) -> dict[str, object]:
+    """(h) The tail of the latency: p50, p99 and p99.9 next to granian serving the same app,
+    and how long the worker's garbage collections paused it with and without freezing the
+    heap once the worker has started (bench/probes.py times each one)."""
+    server_cpus, load_cpus = split_cpus()
+    python = sys.executable
+    gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    metrics_dir = {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-", dir=shm)}
+    # One worker: the server has one CPU. Recycling is then off as shipped.
+    one = {"WEB_CONCURRENCY": "1"}
+    servers = {
+        "generated service": Server([*gunicorn, "probes:frozen()"], one),
+        "generated service, heap not frozen": Server([*gunicorn, "probes:unfrozen()"], one),
+        "granian": granian_server(1, metrics_dir),
+        "bare FastAPI (no middleware)": Server([*gunicorn, "bench.apps:bare"], one),
+    }
+    script = RESULTS / "percentiles.lua"
+    script.write_text(PERCENTILES_SCRIPT)
+    runs: dict[str, list[TailRun]] = {name: [] for name in servers}
+    names = list(servers)
+    log = RESULTS / "logs" / "server.log"
+    print(f"tail: GET /health/live, server on CPU {server_cpus}, wrk on {load_cpus}")
+    for number in range(args.rounds):
+        LOADS.append(os.getloadavg()[0])
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            with serving(servers[name], "/health/live", pinned(server_cpus), log) as (url, pid, _):
+                probed = "probes:" in " ".join(servers[name].command)
+                wrk(f"{url}/health/live", 1, args.connections, cpus=load_cpus)  # warm up
+                if probed:
+                    read_probe(url, reset=True)
+                result = wrk(
+                    f"{url}/health/live",
+                    args.seconds,
+                    args.connections,
+                    "--script",
+                    str(script),
+                    cpus=load_cpus,
+                )
+                probe = read_probe(url) if probed else None
+                workers = descendants(pid)
+                run = TailRun(
+                    result["rate"],
+                    result["p50_ms"],
+                    result["p99_ms"],
+                    result["p999_ms"],
+                    result["errors"],
+                    pss_mib(workers) / max(1, len(workers)),
+                    probe,
+                )
+            runs[name].append(run)
+            print(
+                f"  round {number + 1}/{args.rounds} {name:36} {run.rate:8.0f} req/s  p50 "
+                f"{run.p50_ms:6.2f}  p99 {run.p99_ms:6.2f}  p99.9 {run.p999_ms:6.2f} ms  "
+                f"worker PSS {run.worker_pss_mib:5.1f} MiB",
+                flush=True,
+            )
+    shutil.rmtree(metrics_dir["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    rows_ = []
+    for name, done in runs.items():
+        row: dict[str, object] = {"name": name}
+        for key in ("rate", "p50_ms", "p99_ms", "p999_ms", "worker_pss_mib"):
+            row[key] = spread([getattr(run, key) for run in done])
+        row["errors"] = sum(run.errors for run in done)
+        if done[0].probe is not None:
+            row["gc"] = gc_pauses([run.probe for run in done if run.probe])
+        rows_.append(row)
+    return {"server_cpus": server_cpus, "load_cpus": load_cpus, "rows": rows_}
+
+
+RECYCLE_WINDOW = 30  # seconds measured in the recycling section
+RECYCLE_LIFETIME = 8  # and the workers' lifetime there, plus up to 4 s of jitter
+
+
+def recycling_section(args: argparse.Namespace) -> dict[str, object]:
+    """(i) Recycling as shipped against none, two workers on the server's CPU, at the
+    highest rate (GET /health/live), over a window in which every worker recycles."""
+    server_cpus, load_cpus = split_cpus()
+    python = sys.executable
+    gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    # Logs written as they come (for both: the same cost), so the master's is read in time.
+    two = {"WEB_CONCURRENCY": "2", "PYTHONUNBUFFERED": "1"}
+    servers = {
+        f"recycling as shipped, lifetime {RECYCLE_LIFETIME} s": Server(
+            gunicorn,
+            {
+                **two,
+                "GUNICORN_MAX_WORKER_LIFETIME": str(RECYCLE_LIFETIME),
+                "GUNICORN_MAX_WORKER_LIFETIME_JITTER": "4",
+            },
+            workers=2,
+        ),
+        "recycling off": Server(
+            [*gunicorn, "--max-requests", "0"],
+            {**two, "GUNICORN_MAX_WORKER_LIFETIME": "0"},
+            workers=2,
+        ),
+    }
+    script = RESULTS / "percentiles.lua"
+    script.write_text(PERCENTILES_SCRIPT)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    names = list(servers)
+    print(f"recycling: GET /health/live, 2 workers on CPU {server_cpus}, wrk on {load_cpus}")
+    for number in range(args.rounds):
+        LOADS.append(os.getloadavg()[0])
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            log = RESULTS / "logs" / "recycling.log"
+            log.unlink(missing_ok=True)
+            with serving(servers[name], "/health/live", pinned(server_cpus), log) as (url, _, _):
+                # Warmed up past the first recycle, after which the master holds the
+                # libraries (it logs how many it imported): what a service that has run for
+                # a while has.
+                warm_up = RECYCLE_LIFETIME + 6
+                wrk(f"{url}/health/live", warm_up, args.connections, cpus=load_cpus)
+                for _ in range(30):
+                    if "libraries for the workers to come" in log.read_text():
+                        break
+                    wrk(f"{url}/health/live", 2, args.connections, cpus=load_cpus)
+                began = log.read_text().count("recycling after")
+                result = wrk(
+                    f"{url}/health/live",
+                    RECYCLE_WINDOW,
+                    args.connections,
+                    "--script",
+                    str(script),
+                    cpus=load_cpus,
+                )
+                result["recycled"] = log.read_text().count("recycling after") - began
+            runs[name].append(result)
+            print(
+                f"  round {number + 1}/{args.rounds} {name:36} {result['rate']:8.0f} req/s  "
+                f"p99 {result['p99_ms']:6.2f} ms  recycled {result['recycled']:.0f}  "
+                f"errors {result['errors']:.0f}",
+                flush=True,
+            )
+    return {
+        "server_cpus": server_cpus,
+        "load_cpus": load_cpus,
+        "window": RECYCLE_WINDOW,
+        "rows": [
+            {
+                "name": name,
+                **{key: spread([run[key] for run in done]) for key in ("rate", "p99_ms")},
+                "recycled": [run["recycled"] for run in done],
+                "errors": sum(run["errors"] for run in done),
+            }
+            for name, done in runs.items()
+        ],
+    }
+
+
+@contextmanager
+def items_table(rows: int = 1000) -> Iterator[dict[str, str]]:
+    """A schema of its own with `rows` items, until the block ends; yields the service's
+    environment for it."""
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    database = {"DATABASE_URL": POSTGRES_URL, "DATABASE_SCHEMA": schema}
+    postgres(f"await c.execute('CREATE SCHEMA {schema}')")
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=PROJECT,
+            env={**ENV, **database},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        postgres(
+            f'await c.execute("INSERT INTO {schema}.items (name, description, price_cents, '
+            "created_at, updated_at) SELECT 'item ' || n, 'a bench item', n, now(), now() "
+            f'FROM generate_series(1, {rows}) AS n")'
+        )
+        yield database
+    finally:
+        postgres(f"await c.execute('DROP SCHEMA {schema} CASCADE')")
+
+
+OVERLOAD_SECONDS = 10
+OVERLOADS = (0.25, 1, 2, 4)  # times the measured capacity; 0.25 is "unloaded"
+
+
+def open_loop(url: str, rate: float, cpus: str | None) -> dict[str, Any]:
+    output = subprocess.run(
+        [
+            *pinned(cpus),
+            sys.executable,
+            str(HERE / "open_loop.py"),
+            url,
+            "/items/{n}",
+            str(rate),
+            str(OVERLOAD_SECONDS),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(output)
+    return result
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def overload_section(args: argparse.Namespace) -> dict[str, object]:
+    """(j) GET /items/{id} on PostgreSQL, one worker on one CPU, under an open-loop load
+    (bench/open_loop.py) at multiples of its measured capacity, shedding off and on."""
+    server_cpus, load_cpus = split_cpus()
+    python = sys.executable
+    # One worker, without recycling: the load is on the same worker throughout.
+    gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py", "probes:frozen()"]
+    one = {"WEB_CONCURRENCY": "1"}
+    shipped_wait = subprocess.run(
+        [python, "gunicorn.conf.py"], cwd=PROJECT, env=ENV, capture_output=True, check=True
+    ).stdout
+    max_wait = json.loads(shipped_wait)["settings"]["max_request_wait"]
+    runs: list[dict[str, Any]] = []
+    capacities = []
+    log = RESULTS / "logs" / "overload.log"
+    with items_table() as database:
+        servers = {
+            "shedding off": Server(gunicorn, {**database, **one, "MAX_REQUEST_WAIT": "0"}),
+            f"shedding on (max_request_wait {max_wait} s)": Server(gunicorn, {**database, **one}),
+        }
+        script = RESULTS / "random_item.lua"
+        script.write_text(
+            "request = function()\n"
+            '  return wrk.format(nil, "/items/" .. math.random(1, 1000))\n'
+            "end\n"
+        )
+        print(f"overload: GET /items/<random 1..1000>, 1 worker on CPU {server_cpus}")
+        for number in range(args.rounds):
+            LOADS.append(os.getloadavg()[0])
+            # The capacity: closed-loop, as many connections as the other sections, no shedding.
+            with serving(servers["shedding off"], "/health/live", pinned(server_cpus), log) as (
+                url,
+                _,
+                _,
+            ):
+                wrk(f"{url}/items/1", 1, args.connections, "--script", str(script), cpus=load_cpus)
+                capacity = wrk(
+                    f"{url}/items/1",
+                    args.seconds,
+                    args.connections,
+                    "--script",
+                    str(script),
+                    cpus=load_cpus,
+                )["rate"]
+            capacities.append(capacity)
+            print(f"  round {number + 1}/{args.rounds} capacity {capacity:,.0f} req/s", flush=True)
+            names = list(servers)
+            for name in names[number % 2 :] + names[: number % 2]:
+                with serving(servers[name], "/health/live", pinned(server_cpus), log) as (
+                    url,
+                    _,
+                    _,
+                ):
+                    for times in OVERLOADS:
+                        read_probe(url, reset=True)
+                        result = open_loop(url, times * capacity, load_cpus)
+                        probe = read_probe(url)
+                        served = sum(
+                            count
+                            for status, count in result["statuses"].items()
+                            if status[0] == "2"
+                        )
+                        shed = result["statuses"].get("503", 0)
+                        run = {
+                            "name": name,
+                            "times": times,
+                            "round": number,
+                            "capacity": capacity,
+                            "sent": result["sent"],
+                            "served": served,
+                            "shed": shed,
+                            "failed": result["failed"],
+                            "goodput": served / OVERLOAD_SECONDS,
+                            "p50_ms": percentile(result["latencies_ms"]["2xx"], 0.5),
+                            "p99_ms": percentile(result["latencies_ms"]["2xx"], 0.99),
+                            "shed_p99_ms": percentile(result["latencies_ms"]["503"], 0.99),
+                            "statements": probe["statements"],
+                        }
+                        runs.append(run)
+                        print(
+                            f"    {name:44} {times:4}x {times * capacity:7,.0f}/s: served "
+                            f"{served:6} p50 {run['p50_ms']:7.1f} p99 {run['p99_ms']:7.1f} ms, "
+                            f"503 {shed:6}, failed {run['failed']:5}, SQL statements "
+                            f"{run['statements']}",
+                            flush=True,
+                        )
+                        time.sleep(2)  # what is still queued drains
+    return {
+        "server_cpus": server_cpus,
+        "load_cpus": load_cpus,
+        "window": OVERLOAD_SECONDS,
+        "capacities": capacities,
+        "names": list(servers),
+        "runs": runs,
+    }
+
+
+def read_probe(url: str, reset: bool = False) -> dict[str, Any]:
+    """What bench/probes.py saw in the worker. A worker that has just been loaded past
+    capacity may shed the first try (503): that is what it is for."""
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(f"{url}/bench/probe{'?reset=1' * reset}") as answer:
+                found: dict[str, Any] = json.load(answer)
+                return found
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            time.sleep(0.2)
+    raise RuntimeError(f"{url}/bench/probe answered 503 fifty times")
+
+
+def gc_pauses(probes: list[dict[str, object]]) -> dict[str, object]:
+    """The rounds' collections summed: a histogram of pauses per generation, the longest."""
+    bounds = probes[0]["bounds_ms"]
+    counts = {
+        generation: [
+            sum(p["pauses"][generation][i] for p in probes) for i in range(len(bounds) + 1)
+        ]  # type: ignore[index]
+        for generation in ("0", "1", "2")
+    }
+    longest = [max(p["longest_ms"][g] for p in probes) for g in range(3)]  # type: ignore[index]
+    return {
+        "bounds_ms": bounds,
+        "counts": counts,
+        "longest_ms": longest,
+        "frozen_objects": probes[0]["frozen_objects"],
+        "thresholds": probes[0]["thresholds"],
+    }
+
+
+def granian_server(workers: int, env: dict[str, str]) -> Server:
+    """granian serving the service's app factory, logging as the service does."""
+    python = sys.executable
+    return Server(
+        [
+            str(Path(python).parent / "granian"),
+            "--interface",
+            "asgi",
+            "--factory",
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-config",
+            str(log_config_file()),
+            "my_service.main:create_app",
+        ],
+        env,
+        workers=workers,
+    )
 
 
 @contextmanager
@@ -757,7 +1124,169 @@ def report(results: dict[str, object]) -> dict[str, str]:
             f"{(full - quiet) / (full - bare):.0%} of what the stack adds",
             "",
         ]
+    if tail := results.get("tail"):
+        out["tail"] = tail_report(tail)
+    if recycling := results.get("recycling"):
+        out["recycling"] = recycling_report(recycling)
+    if overload := results.get("overload"):
+        out["overload"] = overload_report(overload)
     return {name: "\n".join(lines).strip() for name, lines in out.items()}
+
+
+def tail_report(tail: dict[str, object]) -> list[str]:
+    rows_ = {row["name"]: row for row in tail["rows"]}  # type: ignore[attr-defined]
+    frozen, unfrozen = rows_["generated service"], rows_["generated service, heap not frozen"]
+    granian, bare = rows_["granian"], rows_["bare FastAPI (no middleware)"]
+
+    def cell(row: dict[str, Any], key: str, digits: int = 1) -> str:
+        value = row[key]
+        return (
+            f"{value['median']:,.{digits}f} ({value['min']:,.{digits}f}-{value['max']:,.{digits}f})"
+        )
+
+    lines = [
+        f"### (h) The tail: GET /health/live, one worker on CPU {tail['server_cpus']}, wrk on "
+        f"CPU {tail['load_cpus']}, {tail['connections']} connections, median (min-max) of "
+        f"{tail['rounds']} interleaved rounds of {tail['seconds']} s",
+        "",
+        f"Measured {tail['when']}.",
+        "",
+        "| configuration | req/s | p50 ms | p99 ms | p99.9 ms | PSS per worker MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {row['name']} | {cell(row, 'rate', 0)} | {cell(row, 'p50_ms', 2)} | "
+            f"{cell(row, 'p99_ms')} | {cell(row, 'p999_ms')} | {cell(row, 'worker_pss_mib')} |"
+            + (f" ({row['errors']:.0f} socket errors)" if row["errors"] else "")
+            for row in rows_.values()
+        ),
+        "",
+        f"- p99, generated / granian: "
+        f"**{frozen['p99_ms']['median'] / granian['p99_ms']['median']:.2f}** "
+        f"(target ≤ 2); without freezing the heap: "
+        f"{unfrozen['p99_ms']['median'] / granian['p99_ms']['median']:.2f}",
+        f"- throughput, generated / granian: "
+        f"**{frozen['rate']['median'] / granian['rate']['median']:.2f}** (target ≥ 0.95)",
+        f"- throughput, generated / bare FastAPI: "
+        f"**{frozen['rate']['median'] / bare['rate']['median']:.2f}** (target ≥ 0.85)",
+        f"- PSS per worker, frozen / not frozen: "
+        f"**{frozen['worker_pss_mib']['median'] / unfrozen['worker_pss_mib']['median']:.2f}** "
+        f"(target ≤ 1.10)",
+        "",
+        "Garbage collections during the measured seconds of all rounds, by how long each "
+        "paused the worker (timed by `gc.callbacks`, bench/probes.py):",
+        "",
+    ]
+    bounds = frozen["gc"]["bounds_ms"]
+    labels = [f"≤ {b:g}" for b in bounds] + [f"> {bounds[-1]:g}"]
+    lines += [
+        "| heap | generation | "
+        + " | ".join(f"{label} ms" for label in labels)
+        + " | longest ms |",
+        "|---|---:|" + "---:|" * (len(labels) + 1),
+    ]
+    for label, row in (("frozen at startup", frozen), ("not frozen", unfrozen)):
+        gc_ = row["gc"]
+        for generation in ("0", "1", "2"):
+            counts = " | ".join(f"{count:,}" for count in gc_["counts"][generation])
+            lines.append(
+                f"| {label} | {generation} | {counts} | {gc_['longest_ms'][int(generation)]:.1f} |"
+            )
+    lines += [
+        "",
+        f"Frozen objects in the worker: {frozen['gc']['frozen_objects']:,}; collection "
+        f"thresholds {tuple(frozen['gc']['thresholds'])}.",
+        "",
+    ]
+    return lines
+
+
+def recycling_report(section: dict[str, object]) -> list[str]:
+    shipped, off = section["rows"]  # type: ignore[misc]
+    return [
+        f"### (i) Recycling: GET /health/live, 2 workers on CPU {section['server_cpus']}, "
+        f"wrk on CPU {section['load_cpus']}, {section['connections']} connections, median "
+        f"(min-max) of {section['rounds']} interleaved rounds of {section['window']} s",
+        "",
+        f"Measured {section['when']}. The lifetime is lowered to {RECYCLE_LIFETIME} s (plus up "
+        f"to 4 s of jitter) so that every worker recycles within each window; the profiles ship "
+        f"an hour.",
+        "",
+        "| configuration | req/s | p99 ms | workers recycled in each window |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {row['name']} | {row['rate']['median']:,.0f} ({row['rate']['min']:,.0f}-"
+            f"{row['rate']['max']:,.0f}) | {row['p99_ms']['median']:.1f} "
+            f"({row['p99_ms']['min']:.1f}-{row['p99_ms']['max']:.1f}) | "
+            f"{', '.join(f'{n:.0f}' for n in row['recycled'])} |"
+            + (f" ({row['errors']:.0f} socket errors)" if row["errors"] else "")
+            for row in (shipped, off)
+        ),
+        "",
+        f"- throughput, recycling / off: "
+        f"**{shipped['rate']['median'] / off['rate']['median']:.2f}** "
+        f"(target ≥ 0.95); p99 {shipped['p99_ms']['median']:.1f} ms against "
+        f"{off['p99_ms']['median']:.1f} ms",
+        "",
+    ]
+
+
+def overload_report(section: dict[str, Any]) -> list[str]:
+    capacity = statistics.median(section["capacities"])
+    runs = section["runs"]
+
+    def median(name: str, times: float, key: str) -> float:
+        return statistics.median(r[key] for r in runs if r["name"] == name and r["times"] == times)
+
+    lines = [
+        f"### (j) Overload: GET /items/<random id of 1,000> on PostgreSQL, one worker on CPU "
+        f"{section['server_cpus']}, open-loop load (bench/open_loop.py) on CPU "
+        f"{section['load_cpus']}, median of {section['rounds']} rounds of {section['window']} s",
+        "",
+        f"Measured {section['when']}. Capacity, closed-loop with wrk and "
+        f"{section['connections']} connections, shedding off: {capacity:,.0f} req/s (rounds: "
+        + ", ".join(f"{c:,.0f}" for c in section["capacities"])
+        + "). Each round measures it again, and loads at multiples of that round's figure. "
+        "Latencies count from when each request was due, not when it could be sent.",
+        "",
+        "| shedding | load | served p50 ms | served p99 ms | goodput / capacity | 503 share "
+        "| failed (no answer in 10 s) | SQL statements not for a served request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in section["names"]:
+        for times in OVERLOADS:
+            chosen = [r for r in runs if r["name"] == name and r["times"] == times]
+            sent = sum(r["sent"] for r in chosen)
+            shed = sum(r["shed"] for r in chosen)
+            unserved = sum(r["statements"] - r["served"] for r in chosen)
+            goodput = statistics.median(r["goodput"] / r["capacity"] for r in chosen)
+            lines.append(
+                f"| {name} | {times:g}x | {median(name, times, 'p50_ms'):,.1f} | "
+                f"{median(name, times, 'p99_ms'):,.1f} | {goodput:.2f} | {shed / sent:.0%} | "
+                f"{sum(r['failed'] for r in chosen):,} | {unserved:,} |"
+            )
+    on = section["names"][1]
+    unloaded = median(on, OVERLOADS[0], "p99_ms")
+    at_two = median(on, 2, "p99_ms")
+    clean = [r for r in runs if r["shed"] and not r["failed"]]
+    goodput_at_two = statistics.median(
+        r["goodput"] / r["capacity"] for r in runs if r["name"] == on and r["times"] == 2
+    )
+    lines += [
+        "",
+        f"- at 2x, shedding on: served p99 {at_two:,.1f} ms = **{at_two / unloaded:.1f}x** the "
+        f"unloaded p99 ({unloaded:.1f} ms at {OVERLOADS[0]:g}x; target ≤ 3x); goodput "
+        f"**{goodput_at_two:.2f}** "
+        "of capacity (target ≥ 0.90)",
+        "- Each served request runs one SQL statement (bench/probes.py counts every statement "
+        "the worker's engine runs). In the "
+        f"{len(clean)} runs where requests were shed and no client gave up, "
+        f"{sum(r['shed'] for r in clean):,} requests shed in all, the statements beyond one "
+        f"per served request came to {sum(r['statements'] - r['served'] for r in clean):,}: "
+        "a shed request does no work. Where clients gave up (failed), the worker still ran "
+        "most of their statements, after they had left: the work shedding saves.",
+        "",
+    ]
+    return lines
 
 
 def plot(results: dict[str, object], into: Path) -> list[Path]:
@@ -886,7 +1415,14 @@ def report_and_plot(results: dict[str, object], docs: bool) -> None:
 if Path(sys.prefix).resolve() != VENV.resolve():
     prepare()
 sys.path[:0] = [str(HERE), str(PROJECT / "src"), str(PROJECT)]
-from bench.harness import free_port, pinned, split_cpus, wrk, wrk_path  # noqa: E402
+from bench.harness import (  # noqa: E402
+    PERCENTILES_SCRIPT,
+    free_port,
+    pinned,
+    split_cpus,
+    wrk,
+    wrk_path,
+)
 
 # The template's bench apps (naive_app, ceiling, raw_items), then the project and its apps.
 ENV = {**os.environ, "PYTHONPATH": ":".join(sys.path[:3]), "LOG_LEVEL": "info"}

@@ -25,6 +25,8 @@ from {{ cookiecutter.project_slug }}.service_settings import flat
 from {{ cookiecutter.project_slug }}.serving.cpu import effective_cpu_count
 from {{ cookiecutter.project_slug }}.serving.gunicorn_worker import (
     forget_replaced,
+    import_libraries,
+    libraries_noted,
     replaced_workers,
     serving_marker,
     write_replaced,
@@ -60,9 +62,11 @@ limit_request_line = gunicorn_settings.limit_request_line
 limit_request_fields = gunicorn_settings.limit_request_fields
 limit_request_field_size = gunicorn_settings.limit_request_field_size
 # Recycling replaces a worker only after it has exited: with a single worker nothing serves
-# while the new one imports the app, so it is off.
+# while the new one imports the app, so it is off. The worker applies max_worker_lifetime
+# itself, by the same rule.
 max_requests = gunicorn_settings.max_requests if workers > 1 else 0
 max_requests_jitter = gunicorn_settings.max_requests_jitter if workers > 1 else 0
+max_worker_lifetime = gunicorn_settings.max_worker_lifetime if workers > 1 else 0
 preload_app = settings.preload
 forwarded_allow_ips = settings.forwarded_allow_ips
 worker_tmp_dir = (
@@ -119,11 +123,23 @@ def post_fork(server: Arbiter, worker: Worker) -> None:
     settings.share_among(worker.cfg.workers)
 
 
+libraries_imported = False
+
+
 def pre_fork(server: Arbiter, worker: Worker) -> None:
     """With preload, the app is in the master's memory and every worker shares its pages
-    until one writes to them. Freezing moves the master's objects out of the garbage
-    collector's reach, so the workers' collections do not write to (and copy) them."""
-    if preload_app:
+    until one writes to them. Without, the master imports the libraries the first worker
+    noted it imported (never the project's own code, which each worker imports: a reload
+    runs new code), once: a recycled worker then starts in a fraction of the time.
+    Freezing moves the master's objects out of the garbage collector's reach, so the
+    workers' collections do not write to (and copy) them."""
+    global libraries_imported
+    if not preload_app and not libraries_imported:
+        imported = import_libraries(libraries_noted(str(metrics_dir)))
+        libraries_imported = imported > 0
+        if libraries_imported:
+            server.log.info("imported %d libraries for the workers to come", imported)
+    if preload_app or libraries_imported:
         gc.freeze()
 
 
@@ -158,6 +174,7 @@ def resolved() -> dict[str, object]:
         "limit_request_field_size": limit_request_field_size,
         "max_requests": max_requests,
         "max_requests_jitter": max_requests_jitter,
+        "max_worker_lifetime": max_worker_lifetime,
         "preload": preload_app,
         **prepared,
         "forwarded_allow_ips": forwarded_allow_ips,

@@ -102,4 +102,18 @@ def wrk(
     # "Socket errors: connect 0, read 2, write 0, timeout 5", printed only when there were any.
     errors = re.search(r"Socket errors: (.*)", output)
     failed = sum(map(int, re.findall(r"\d+", errors[1]))) if errors else 0
-    return {"rate": float(rate[1]), "p99_ms": float(p99[1]) * scale, "errors": float(failed)}
+    found = {"rate": float(rate[1]), "p99_ms": float(p99[1]) * scale, "errors": float(failed)}
+    # Finer percentiles, in microseconds, where the script prints them (PERCENTILES_SCRIPT).
+    if finer := re.search(r"^percentiles ([\d.]+) ([\d.]+) ([\d.]+)$", output, re.MULTILINE):
+        for name, value in zip(("p50_ms", "p99_ms", "p999_ms"), finer.groups(), strict=True):
+            found[name] = float(value) / 1000
+    return found
+
+
+# A wrk script (--script) after which wrk() also returns p50_ms and p999_ms (the 99.9th).
+PERCENTILES_SCRIPT = """
+done = function(summary, latency, requests)
+  io.write(string.format("percentiles %d %d %d\\n", latency:percentile(50),
+    latency:percentile(99), latency:percentile(99.9)))
+end
+"""

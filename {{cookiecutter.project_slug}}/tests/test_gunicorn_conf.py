@@ -70,6 +70,7 @@ def test_a_single_worker_is_never_recycled() -> None:
 
     assert config["max_requests"] == 0
     assert config["max_requests_jitter"] == 0
+    assert config["max_worker_lifetime"] == 0
 
 
 def test_web_concurrency_sets_the_worker_count() -> None:

@@ -11,11 +11,22 @@ on private parts of Uvicorn, uvicorn-worker and Gunicorn (serving/__init__.py li
 a release that changes one fails these tests.
 """
 
+import os
+import re
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from {{ cookiecutter.project_slug }}.main import create_app
+from {{ cookiecutter.project_slug }}.settings import Settings
 
 from .gunicorn_server import Gunicorn, Load, gunicorn, keep_alive_load, read_answer, wait_until
 
@@ -67,20 +78,38 @@ def test_a_reload_under_keep_alive_load_loses_no_request_and_old_workers_serve_t
     assert stopped_alone == [], "the old workers stopped before the new ones served"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "limit"),
+    [
+        ("--max-requests 50 --max-requests-jitter 0", {}),
+        # Both workers reach their lifetime together: they still take turns.
+        (
+            "--max-requests 0",
+            {"GUNICORN_MAX_WORKER_LIFETIME": "2", "GUNICORN_MAX_WORKER_LIFETIME_JITTER": "0"},
+        ),
+    ],
+    ids=["after max_requests", "after max_worker_lifetime"],
+)
 def test_recycling_under_keep_alive_load_loses_no_request_and_workers_take_turns(
-    tmp_path: Path, server_environment: dict[str, str]
+    tmp_path: Path, server_environment: dict[str, str], arguments: str, limit: dict[str, str]
 ) -> None:
-    recycling = "--max-requests 50 --max-requests-jitter 0"
-    with under_load(tmp_path, recycling, server_environment) as (server, load):
+    with under_load(tmp_path, arguments, server_environment | limit) as (server, load):
         first_workers = server.workers()
 
         wait_until(lambda: not server.workers() & first_workers, "both first workers recycled")
         load.wait_for_answers(ANSWERS)
         stopped_alone = server.stops_while_none_other_served()
+        recycled = re.findall(r"recycling after (\d+) requests, (\d+) s", server.log())
+        recycled_after = [(int(requests), int(seconds)) for requests, seconds in recycled]
 
     assert (load.lost, load.refused) == (0, 0), load
     assert set(load.answered) == {200}, load
     assert stopped_alone == [], "workers recycled at once, leaving none to serve"
+    assert len(recycled_after) >= 2, server.lifecycle()
+    if limit:  # by age, however few requests a worker served
+        assert all(seconds >= 2 for _, seconds in recycled_after), recycled_after
+    else:
+        assert all(requests >= 50 for requests, _ in recycled_after), recycled_after
 
 
 def answer_to(port: int, request: bytes) -> int:
@@ -111,3 +140,98 @@ def test_a_head_over_its_limits_or_too_slow_is_refused_before_the_app(
         ]
 
     assert statuses == [414, 431, 431, 408]
+
+
+@pytest.mark.anyio
+async def test_a_request_that_waited_too_long_gets_a_fast_503_and_never_reaches_its_route(
+    settings: Settings,
+) -> None:
+    app = create_app(settings.model_copy(update={"max_request_wait": 0.05}))
+    reached = []
+
+    @app.get("/work")
+    async def work() -> dict[str, str]:
+        reached.append("work")
+        return {}
+
+    def read(seconds_ago: float) -> httpx.ASGITransport:
+        """The app, each request's head read `seconds_ago`, as the project's worker stamps it."""
+
+        async def stamped(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["extensions"] = {"head_read_at": time.monotonic() - seconds_ago}
+            await app(scope, receive, send)
+
+        return httpx.ASGITransport(app=stamped)
+
+    async with httpx.AsyncClient(transport=read(0.2), base_url="http://test") as late:
+        shed = await late.get("/work")
+        live = await late.get("/health/live")
+    assert (shed.status_code, shed.headers.get("retry-after")) == (503, "1")
+    assert reached == [], "a shed request reached its route"
+    assert live.status_code == 200, "health checks are never shed"
+
+    async with httpx.AsyncClient(transport=read(0.01), base_url="http://test") as prompt:
+        served = await prompt.get("/work")
+    assert served.status_code == 200
+    assert reached == ["work"]
+
+
+def test_requests_that_wait_behind_others_in_a_real_worker_are_shed_with_a_503(
+    tmp_path: Path, server_environment: dict[str, str]
+) -> None:
+    """Pipelined on one connection, each request waits for those before it: the worker
+    stamps every head as it reads them all at once, and sheds those that waited too long."""
+    count = 400
+    environment = {"MAX_REQUEST_WAIT": "0.05", **server_environment}
+    with gunicorn(tmp_path, environment, workers=1) as server:
+        request = b"GET /no-such-page HTTP/1.1\r\nhost: a\r\n\r\n"
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection,
+            connection.makefile("rb") as answers,
+        ):
+            # One request first: a new connection's first request may also have waited to
+            # be accepted, which is another test's.
+            connection.sendall(b"GET /health/live HTTP/1.1\r\nhost: a\r\n\r\n")
+            assert statuses_and_retry(answers) == (200, None)
+            connection.sendall(request * count)
+            statuses = [statuses_and_retry(answers) for _ in range(count)]
+
+    # The worker reads what the client sent in a few batches, each stamped as it is read:
+    # the first of each waits for nothing, the last of a batch for all before it.
+    assert statuses[0] == (404, None), "the first request waited for nothing"
+    assert set(statuses) == {(404, None), (503, "1")}, statuses
+
+
+def test_a_request_that_waited_in_the_listen_backlog_is_shed_with_a_503(
+    tmp_path: Path, server_environment: dict[str, str]
+) -> None:
+    """The worker cannot take a new connection while it is busy (stopped, here): its
+    request waits in the kernel, which the worker counts as waiting too."""
+    environment = {"MAX_REQUEST_WAIT": "0.2", **server_environment}
+    request = b"GET /no-such-page HTTP/1.1\r\nhost: a\r\n\r\n"
+    with gunicorn(tmp_path, environment, workers=1) as server:
+        (worker,) = server.workers()
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            waiting = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            waiting.sendall(request)
+            time.sleep(0.5)  # what the test is about: a request older than MAX_REQUEST_WAIT
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        with waiting, waiting.makefile("rb") as answer:
+            late = statuses_and_retry(answer)
+        prompt = answer_to(server.port, request)
+
+    assert late == (503, "1")
+    assert prompt == 404
+
+
+def statuses_and_retry(answers: BinaryIO) -> tuple[int, str | None]:
+    """The status and Retry-After of the next answer on a connection (read whole)."""
+    status = int(answers.readline().split()[1])
+    headers = {}
+    while (line := answers.readline()) != b"\r\n":
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    answers.read(int(headers.get("content-length", "0")))
+    return status, headers.get("retry-after")

@@ -57,7 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.allowed_hosts != ["*"]:
         app.add_middleware(TrustedHosts, allowed_hosts=settings.allowed_hosts)
     # Outermost, so that every answer (a refused host included) is counted and logged.
-    app.add_middleware(RequestObserver, max_in_flight=settings.max_concurrent_requests)
+    app.add_middleware(
+        RequestObserver,
+        max_in_flight=settings.max_concurrent_requests,
+        max_wait=settings.max_request_wait,
+    )
     app.include_router(health.router)
     app.include_router(metrics.router)
     for feature in FEATURES:

@@ -90,6 +90,10 @@ class GunicornSettings(BaseModel):
     limit_request_field_size: NonNegativeInt
     max_requests: NonNegativeInt
     max_requests_jitter: NonNegativeInt
+    # Seconds a worker serves before it is recycled (0: no limit), plus up to the jitter:
+    # the project's worker reads them (serving/gunicorn_worker.py), Gunicorn has no such setting.
+    max_worker_lifetime: NonNegativeInt
+    max_worker_lifetime_jitter: NonNegativeInt
     # Used where it exists, else Gunicorn's default (the system's temporary directory).
     worker_tmp_dir: str
     # A control socket is one more way in, and two instances would share its path: none
@@ -123,6 +127,9 @@ class ServiceSettings(BaseSettings):
     body_timeout: float = Field(gt=0)
     # Requests one worker answers at once; past it a fast 503 (health checks excepted).
     max_concurrent_requests: int = Field(ge=1)
+    # Seconds a request may wait in a worker, from its head being read to the app seeing
+    # it, before it gets a fast 503 instead (health checks excepted); 0: never for waiting.
+    max_request_wait: float = Field(ge=0)
     # Threads per worker for blocking calls (blocking.py).
     thread_pool_size: PositiveInt
 

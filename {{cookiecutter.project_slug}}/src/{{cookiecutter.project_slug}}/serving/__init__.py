@@ -3,11 +3,13 @@
 Gunicorn's master (gunicorn.conf.py) binds the sockets, forks one worker per usable CPU
 (cpu.py) and replaces workers that die, recycle or are reloaded. Each worker runs the app
 on Uvicorn's event loop with the worker class of gunicorn_worker.py: connections drain
-instead of being dropped when it stops, workers take turns to recycle, old workers stay
-through a reload until the new ones serve, and request heads are limited and timed.
-Around the app, middleware.py gives every request an id, counts it (metrics.py:
-Prometheus, summed over all the workers) and logs it (logs.py: JSON lines), writing both
-once per turn of the event loop (turns.py); it also sheds load past a worker's limit.
+instead of being dropped when it stops, workers take turns to recycle (by age or request
+count), old workers stay through a reload until the new ones serve, request heads are
+limited and timed and stamped with when they reached the worker, and the heap is frozen
+once the app has started. Around the app, middleware.py gives every request an id, counts
+it (metrics.py: Prometheus, summed over all the workers) and logs it (logs.py: JSON lines),
+writing both once per turn of the event loop (turns.py); it also sheds load: a request
+that waited too long for the worker, or past its limit in flight.
 
 Private APIs this relies on
 ---------------------------
@@ -42,6 +44,10 @@ Uvicorn's HTTP protocol: `ServingProtocol` subclasses `HttpToolsProtocol`, from
   draining connection's request with `Connection: close`.
 - `send_400_response(msg)`, which Uvicorn calls inside its `except` for a parser error:
   a `Refused` raised by a callback is that error's `__context__`, and gets its own answer.
+- `on_headers_complete` runs before Uvicorn starts the request's task, and `scope` (built
+  in `on_message_begin`) is the dict the app receives: the protocol adds
+  `scope["extensions"]["head_read_at"]` there, which the middleware's shedding reads.
+  Breaks: tests/test_serving.py (the shedding tests: nothing is shed).
 - The protocol's state: `cycle` (a `RequestResponseCycle`: `keep_alive`,
   `response_complete`, `waiting_for_100_continue`), `parser.should_upgrade()`, `url`,
   `headers`, `flow.read_paused`, `transport`, `loop`; and its constructor's keywords
@@ -58,7 +64,8 @@ Uvicorn's server: `RecyclingServer` subclasses `uvicorn.Server`.
 - `handle_exit(sig, frame)`, the handler of SIGTERM and SIGINT: a worker being replaced
   by a reload ignores its first SIGTERM. Breaks: tests/test_serving.py (the reload test
   sees the old workers stop before the new ones serve).
-- `startup()` and `shutdown()` are extended (the turns' marker; taking the backlog);
+- `startup()` and `shutdown()` are extended (after the lifespan's startup: the heap's
+  freeze, the turns' marker, the lifetime's start; taking the backlog);
   `started`, `should_exit`, `server_state.total_requests`, `server_state.connections`,
   `lifespan.state`, `config.backlog` and `config.ssl` are read. Break: tests/test_serving.py.
 

@@ -13,8 +13,20 @@ Here an idle connection is instead marked as draining: its next request is answe
 Gunicorn starts a recycled worker's successor only once it has exited, and the successor
 takes a while to import the app. Workers under even load reach `max_requests` together,
 so stock recycling can leave no worker serving, for as long as a successor takes to boot.
-Here a worker past its limit leaves only while every other worker serves (`Turns`), and
-goes on serving until then.
+Here a worker past its limit (`max_requests`, or the profile's `max_worker_lifetime` in
+seconds) leaves only while every other worker serves (`Turns`), and goes on serving until
+then. The first worker to start lists the libraries it imported, which the master imports
+before it forks the next ones (gunicorn.conf.py): a successor then imports only the
+project's own code.
+
+Once the app has started, the worker freezes its heap (`gc.freeze()`): Python's full
+collections otherwise walk every object the app, its routes and its libraries hold, tens
+of milliseconds during which no request is served.
+
+Each request is stamped with when it reached the worker, for the middleware to shed one
+that waited too long (serving/middleware.py): when its head was read, or, for a new
+connection's first request, when the kernel received it, since a busy worker leaves new
+connections waiting in the listen backlog.
 
 On a reload (SIGHUP), Gunicorn starts the new workers and at once tells the old ones to
 stop, while the new ones are still importing the app: for a second or more nothing
@@ -37,12 +49,16 @@ a reset), and the server's once-a-second tick closes connections whose head
 import asyncio
 import fcntl
 import functools
+import gc
+import importlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
+import sysconfig
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -60,6 +76,10 @@ logger = logging.getLogger("uvicorn.error")
 
 # Seconds an idle connection stays open after shutdown begins, for a request in flight to land.
 DRAIN_GRACE = 1.0
+# Linux's struct tcp_info, as far as tcpi_last_data_recv: milliseconds since the kernel
+# last received data on the connection (<linux/tcp.h>).
+TCP_INFO_SIZE = 56
+LAST_DATA_RECV = slice(52, 56)
 # Seconds a refused request's connection goes on reading (and dropping) what the client
 # still sends: closed with unread data, it would be reset, and the answer lost with it.
 LINGER = 2.0
@@ -173,11 +193,27 @@ class ServingProtocol(HttpToolsProtocol):
         if self.draining and self.parser.should_upgrade():
             # A WebSocket opened now would outlive the shutdown already under way.
             raise Refused(503, "draining", "the server is restarting; connect again")
+        # When the request reached the worker: the middleware sheds it if it waited too long
+        # before the app could see it (serving/middleware.py reads this same key).
+        read_at = self.loop.time()
+        if self.requests_begun == 1:  # a new connection's: it may have waited to be accepted
+            read_at -= self.waited_in_kernel()
+        self.scope["extensions"] = {"head_read_at": read_at}  # type: ignore[dict-item]
         super().on_headers_complete()
         self.head_began, self.head_bytes = None, 0
         self.reading_body, self.body_bytes, self.body_checked = True, 0, None
         if self.draining:
             self.cycle.keep_alive = False  # answer with Connection: close, then close
+
+    def waited_in_kernel(self) -> float:
+        """Seconds since the kernel received the last of this connection's data: a new
+        connection waits in the listen backlog, unseen by the worker, while it is busy."""
+        connection = self.transport.get_extra_info("socket")
+        try:
+            info = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+        except (AttributeError, OSError):  # not Linux, or not TCP
+            return 0.0
+        return int.from_bytes(info[LAST_DATA_RECV], sys.byteorder) / 1000
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -275,6 +311,56 @@ def replaced_workers(metrics_dir: str) -> Path:
     return Path(metrics_dir) / "serving" / "replaced.json"
 
 
+def libraries_noted(metrics_dir: str) -> Path:
+    """The file in which the first worker to start lists the libraries it imported."""
+    return Path(metrics_dir) / "serving" / "libraries.json"
+
+
+# Where libraries live: the standard library and the environment's site-packages.
+LIBRARY_PATHS = tuple(
+    {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+PROJECT_PACKAGE = __name__.partition(".")[0]
+
+
+def note_libraries(path: Path) -> None:
+    """List the libraries this worker imported, the project's own code left out, unless a
+    worker did already: what the master imports before it forks a worker again."""
+    if path.exists():
+        return
+    names = sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if name.partition(".")[0] != PROJECT_PACKAGE
+        and str(getattr(module, "__file__", None) or "").startswith(LIBRARY_PATHS)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f"{path.name}.{os.getpid()}")
+    draft.write_text(json.dumps(names))
+    draft.replace(path)
+
+
+def import_libraries(path: Path) -> int:
+    """In the master: import the libraries a worker noted, so that every worker forked from
+    now on has them already instead of spending a second or more of CPU importing them.
+    Returns how many were imported; 0 until a worker has noted them."""
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    imported = 0
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # a worker imports it itself, as it would without this
+            logger.debug("could not import %s ahead of the workers: %s", name, error)
+        else:
+            imported += 1
+    return imported
+
+
 def write_replaced(path: Path, replaced: list[int], workers: int) -> None:
     """Replace the file whole: a worker reading it meanwhile sees the old or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,20 +419,42 @@ class Turns:
             return True
 
 
-class RecyclingServer(Server):
-    """Uvicorn's server, leaving after `recycle_after` requests when `turns` allow it."""
+def freeze_startup_heap() -> None:
+    """Move what the worker holds once it has started (the app, its routes, a model loaded
+    at startup: objects that live as long as the worker) out of the garbage collector's
+    reach. A full collection otherwise walks all of them every time: tens of milliseconds
+    during which no request is served. One collection first, so no garbage is kept."""
+    gc.collect()
+    gc.freeze()
 
-    def __init__(self, config: Config, recycle_after: int, turns: Turns | None) -> None:
+
+class RecyclingServer(Server):
+    """Uvicorn's server, leaving after `recycle_after` requests or `lifetime` seconds when
+    `turns` allow it."""
+
+    def __init__(
+        self, config: Config, recycle_after: int, lifetime: float, turns: Turns | None
+    ) -> None:
         super().__init__(config)
         self.recycle_after = recycle_after
+        self.lifetime = lifetime
+        self.began = 0.0
+        self.leave_at = float("inf")
         self.turns = turns
         self.waiting = False
         self.leaving_for_successors = False
 
     async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        if self.started and self.turns is not None:
+        await super().startup(sockets)  # the app's lifespan startup first
+        if not self.started:
+            return
+        freeze_startup_heap()
+        self.began = asyncio.get_running_loop().time()
+        if self.lifetime:
+            self.leave_at = self.began + self.lifetime
+        if self.turns is not None:
             self.turns.serving()
+            note_libraries(libraries_noted(str(self.turns.directory.parent)))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         replacing = sig == signal.SIGTERM and not self.leaving_for_successors
@@ -364,14 +472,18 @@ class RecyclingServer(Server):
         if self.leaving_for_successors and self.turns and self.turns.successors_serve():
             logger.info("the new workers serve; leaving")
             return True
-        if self.server_state.total_requests < self.recycle_after:
+        requests = self.server_state.total_requests
+        if requests < self.recycle_after and asyncio.get_running_loop().time() < self.leave_at:
             return False
         if self.turns is None or self.turns.may_leave():
-            logger.info("recycling after %d requests", self.server_state.total_requests)
+            age = asyncio.get_running_loop().time() - self.began
+            logger.info("recycling after %d requests, %.0f s", requests, age)
             return True
         if not self.waiting:
             self.waiting = True
-            logger.info("past max_requests; recycling once every other worker serves")
+            logger.info(
+                "past max_requests or max_worker_lifetime; recycling once every other worker serves"
+            )
         return False
 
     def enforce_deadlines(self) -> None:
@@ -456,11 +568,24 @@ class Worker(UvicornWorker):
     async def _serve(self) -> None:
         # uvicorn_worker's own _serve, with a server that takes turns to recycle.
         self.config.app = self.wsgi
-        server = RecyclingServer(self.config, recycle_after=self.max_requests, turns=self.turns())
+        server = RecyclingServer(
+            self.config,
+            recycle_after=self.max_requests,
+            lifetime=self.lifetime(),
+            turns=self.turns(),
+        )
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def lifetime(self) -> float:
+        """Seconds this worker serves before it recycles (0: no limit), its jitter drawn.
+        Off with a single worker, as `max_requests` is (gunicorn.conf.py)."""
+        table = get_settings().gunicorn
+        if self.cfg.workers < 2 or not table.max_worker_lifetime:
+            return 0
+        return table.max_worker_lifetime + random.uniform(0, table.max_worker_lifetime_jitter)  # noqa: S311
 
     def turns(self) -> Turns | None:
         metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set by gunicorn.conf.py

@@ -26,14 +26,17 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestObserver:
-    """Counts and logs every request, and sheds those past `max_in_flight` at once with a
-    503: a worker that accepted more would answer all of them late. Health checks and
-    metrics are never shed: an instance at capacity must not look dead, and its metrics
-    are what shows it at capacity."""
+    """Counts and logs every request, and sheds at once with a 503 those that waited in the
+    worker longer than `max_wait` seconds before the app saw them (0: none), or are past
+    `max_in_flight`: a worker that took them on would answer all of them late. Health
+    checks and metrics are never shed: an instance at capacity must not look dead, and its
+    metrics are what shows it at capacity. WebSockets are neither counted nor shed: one
+    lives for hours, and would count against every HTTP request meanwhile."""
 
-    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+    def __init__(self, app: ASGIApp, max_in_flight: int, max_wait: float = 0) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
+        self.max_wait = max_wait
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,7 +62,10 @@ class RequestObserver:
             return send(message)
 
         request_metrics.started(method)
-        shed = self.in_flight >= self.max_in_flight and not scope["path"].startswith(NEVER_SHED)
+        overloaded = self.in_flight >= self.max_in_flight or (
+            self.max_wait and _waited(scope) > self.max_wait
+        )
+        shed = overloaded and not scope["path"].startswith(NEVER_SHED)
         self.in_flight += 1
         try:
             if shed:
@@ -83,6 +89,14 @@ class RequestObserver:
 
 NEVER_SHED = ("/health/", "/metrics")
 _OVERLOADED = unavailable("the service is at capacity; try again shortly")
+
+
+def _waited(scope: Scope) -> float:
+    """Seconds since the worker read the request's head, as the project's worker stamps it
+    (serving/gunicorn_worker.py; 0 under another server): in a worker past capacity, its
+    wait for the event loop to get to it."""
+    read_at = scope.get("extensions", {}).get("head_read_at")
+    return time.monotonic() - read_at if read_at else 0.0
 
 
 def _request_id(scope: Scope) -> str:
