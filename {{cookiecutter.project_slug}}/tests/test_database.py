@@ -1,6 +1,6 @@
 """The database as a dependency: which of its errors mean "unavailable, try again" (a 503)
-and which keep their own answer (built as SQLAlchemy raises them from asyncpg), and
-readiness when it cannot be reached."""
+and which keep their own answer (built as SQLAlchemy raises them from asyncpg), a read
+on a connection that died, and readiness when it cannot be reached."""
 
 import sqlite3
 import subprocess
@@ -11,6 +11,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import Connection, event
 from sqlalchemy import exc as sa
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
@@ -74,6 +75,58 @@ def test_the_database_failing_is_unavailable(error: Exception) -> None:
 )
 def test_an_error_of_the_request_or_the_code_is_not(error: Exception) -> None:
     assert not is_unavailable(error)
+
+
+class ConnectionKiller:
+    """Closes the pooled connection of the next `times` statements just before they run,
+    as a server that went away unnoticed would: the statement itself finds it dead."""
+
+    def __init__(self, app: FastAPI, times: int) -> None:
+        self.engine = app.state.sessions.kw["bind"].sync_engine
+        self.left = times
+        self.killed = 0
+
+    def __enter__(self) -> "ConnectionKiller":
+        event.listen(self.engine, "before_cursor_execute", self.kill)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self.kill)
+
+    def kill(self, connection: Connection, *_: object) -> None:
+        if self.left:
+            self.left -= 1
+            self.killed += 1
+            connection.connection.dbapi_connection.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_read_whose_pooled_connection_died_is_read_again_on_a_new_one(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    created = await client.post("/items", json={"name": "survivor", "price_cents": 1})
+
+    with ConnectionKiller(app, times=1) as killer:
+        read = await client.get(f"/items/{created.json()['id']}")
+
+    assert killer.killed == 1
+    assert read.status_code == 200, read.text
+    assert read.json() == created.json()
+
+
+@pytest.mark.anyio
+async def test_a_read_whose_new_connection_dies_too_is_503(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    created = await client.post("/items", json={"name": "unlucky", "price_cents": 1})
+
+    with ConnectionKiller(app, times=2) as killer:
+        read = await client.get(f"/items/{created.json()['id']}")
+
+    # Once again, not more: a database that is really away is answered at once.
+    assert killer.killed == 2
+    assert read.status_code == 503, read.text
+    assert "retry-after" in read.headers
 
 
 @pytest.mark.anyio
