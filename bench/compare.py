@@ -515,7 +515,7 @@ COUNTERS = (
     "SELECT json_build_array("
     "(SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = d.datid), "
     "(SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = d.datid "
-    "AND query LIKE '%FROM items WHERE %id = $1%'), "
+    "AND query ~ 'FROM\\s+items\\s+WHERE\\s+(items\\.)?id = \\$1'), "
     "d.xact_commit + d.xact_rollback)::text FROM pg_stat_database d WHERE d.datname = 'bench'"
 )
 

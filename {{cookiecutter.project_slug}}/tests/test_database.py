@@ -82,7 +82,7 @@ class ConnectionKiller:
     as a server that went away unnoticed would: the statement itself finds it dead."""
 
     def __init__(self, app: FastAPI, times: int) -> None:
-        self.engine = app.state.sessions.kw["bind"].sync_engine
+        self.engine = app.state.engine.sync_engine
         self.left = times
         self.killed = 0
 

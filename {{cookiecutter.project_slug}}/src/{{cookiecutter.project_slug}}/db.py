@@ -98,6 +98,9 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
                 "pool_size": settings.connections_per_worker,
                 "max_overflow": 0,
                 "pool_timeout": 5,
+                # Outside a transaction unless asked (sessions are: `_running`), so a read
+                # is its statement alone, with nothing to set or reset on each checkout.
+                "isolation_level": "AUTOCOMMIT",
             }
         engine = create_async_engine(settings.database_url, **options)
         event.listen(engine.sync_engine, "checkout", _replace_if_closed)
@@ -200,23 +203,31 @@ class Reads:
     fails the second try too, and the request gets its 503.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine: Engine = engine.sync_engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(self, engine: Engine, connections: int) -> None:
+        # An engine whose connections are in AUTOCOMMIT.
+        self._engine = engine
+        # First come, first served: the pool's own queue lets a newcomer take a connection
+        # given back before a read that has been waiting for one wakes up, and under load
+        # some reads waited seconds while most took milliseconds.
+        self._turns = asyncio.Semaphore(connections)
 
     async def first(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> Row[Any] | None:
-        return await greenlet_spawn(self._read, Result.first, statement, parameters)
+        async with self._turns:
+            return await greenlet_spawn(self._read, Result.first, statement, parameters)
 
     async def all(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> Sequence[Row[Any]]:
-        return await greenlet_spawn(self._read, Result.all, statement, parameters)
+        async with self._turns:
+            return await greenlet_spawn(self._read, Result.all, statement, parameters)
 
     async def scalar(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> Any:
-        return await greenlet_spawn(self._read, Result.scalar, statement, parameters)
+        async with self._turns:
+            return await greenlet_spawn(self._read, Result.scalar, statement, parameters)
 
     def _read(
         self,
@@ -307,8 +318,17 @@ def _install(app: FastAPI, _settings: Settings) -> None:
 async def _running(app: FastAPI) -> AsyncIterator[ReadinessChecks]:
     # Created here, after Gunicorn forked this worker: connections never cross processes.
     engine = create_engine(app.state.settings)
-    app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
-    app.state.reads = Reads(engine)
+    if engine.dialect.name == "postgresql":
+        # The pool's connections are in AUTOCOMMIT (create_engine); a session's transaction
+        # names its level, PostgreSQL's default.
+        reads = engine.sync_engine
+        writes = engine.execution_options(isolation_level="READ COMMITTED")
+    else:
+        reads = engine.sync_engine.execution_options(isolation_level="AUTOCOMMIT")
+        writes = engine
+    app.state.engine = engine
+    app.state.sessions = async_sessionmaker(writes, expire_on_commit=False)
+    app.state.reads = Reads(reads, app.state.settings.connections_per_worker)
     try:
         yield {"database": partial(ping, engine)}
     finally:
