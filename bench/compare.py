@@ -188,7 +188,7 @@ def serving(
         process = subprocess.Popen(
             [*prefix, *(part.format(port=port) for part in server.command)],
             cwd=server.cwd,
-            env={**ENV, "PORT": str(port), **server.env},
+            env={**ENV, "PORT": str(port), "METRICS_PORT": str(free_port()), **server.env},
             stdout=output,
             stderr=subprocess.STDOUT,
         )
