@@ -9,8 +9,9 @@ Bakes a `microservice` into .cache/bench/, installs it with the alternatives (th
 deprecated `uvicorn.workers`, granian, prometheus-fastapi-instrumentator) and matplotlib
 into a separate environment, .cache/bench-venv/, never into the project's dependencies,
 and runs itself there. Needs wrk and taskset; `cgroup` needs root and a cgroup hierarchy
-with the cpu controller; `database` needs PostgreSQL (TEST_POSTGRES_URL, by default
-postgres@127.0.0.1:5432/test), where it works in a schema of its own and drops it after.
+with the cpu controller; `database` needs PostgreSQL's server programs (initdb, pg_ctl) and
+its pg_stat_statements module: it starts a server of its own on a free port, and removes it
+after.
 
 Sections, each on one endpoint, with the server on the same CPUs for every configuration:
 
@@ -24,7 +25,9 @@ cgroup    (e) inside a cgroup with a quota of one CPU, on a host taken to have 1
           which reads the quota; requests/s, p99, the PSS of master and workers together,
           and the time until every worker has booted.
 database  (f) GET /items/{id} on PostgreSQL: the generated service (SQLAlchemy) with 1 to 3
-          workers, the same FastAPI service on raw asyncpg, and a bare ASGI app on asyncpg.
+          workers, the same FastAPI service on raw asyncpg with 1 and 3, the read as it was
+          before (bench/orm_items.py), and a bare ASGI app on asyncpg; with the statements
+          and transactions PostgreSQL counted per request.
 instructions  (g) CPU instructions per GET /health/live in-process (no server), counted by
           valgrind's callgrind: the full stack, the same without its access log, and bare
           FastAPI. Counts are repeatable whatever else the machine does: the noise-free
@@ -59,8 +62,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -74,9 +77,6 @@ PROJECT = CACHE / "bench" / "my_service"
 RESULTS = CACHE / "bench-results"
 DOCS = TEMPLATE / "docs"
 ALTERNATIVES = ["granian", "prometheus-fastapi-instrumentator", "matplotlib"]
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 HOST_CPUS_PRETENDED = 16
 SECTIONS = ("servers", "cgroup", "database", "instructions", "tail", "recycling", "overload")
 LOADS: list[float] = []  # the 1-minute load average at the start of every round
@@ -244,16 +244,18 @@ def rounds(
     load_cpus: str | None,
     *options: str,
     count: int,
+    around: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> dict[str, list[Run]]:
+    """`around(name)`, if given, is entered around each measurement of `name`."""
     runs: dict[str, list[Run]] = {name: [] for name in servers}
     names = list(servers)
     for number in range(count):
         LOADS.append(os.getloadavg()[0])
         order = names[number % len(names) :] + names[: number % len(names)]
         for name in order:
-            runs[name].append(
-                run := measure(servers[name], path, args, prefix, load_cpus, *options)
-            )
+            with around(name) if around else nullcontext():
+                run = measure(servers[name], path, args, prefix, load_cpus, *options)
+            runs[name].append(run)
             print(
                 f"  round {number + 1}/{count} {name:34} {run.rate:8.0f} req/s  p99 "
                 f"{run.p99_ms:8.2f} ms  PSS {run.pss_mib:6.1f} MiB  errors {run.errors:.0f}",
@@ -823,28 +825,101 @@ def cgroup_section(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def postgres(code: str) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, asyncpg, sys\n"
-            "async def main():\n    c = await asyncpg.connect(sys.argv[1])\n"
-            + "".join(f"    {line}\n" for line in code.splitlines())
-            + "    await c.close()\nasyncio.run(main())\n",
-            POSTGRES_URL.replace("+asyncpg", ""),
-        ],
-        check=True,
+def sql(url: str, query: str) -> object:
+    """The first value `query` returns, on a connection of its own."""
+    import asyncio
+
+    import asyncpg
+
+    async def fetch() -> object:
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=10)
+        try:
+            return await connection.fetchval(query)
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
+
+
+@contextmanager
+def own_postgres() -> Iterator[str]:
+    """A PostgreSQL server of the section's own on a free port, with pg_stat_statements, so
+    that nothing else runs statements in its `bench` database; yields that database's URL."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or [
+        Path(shutil.which("pg_ctl") or sys.exit("the database section needs pg_ctl and initdb"))
+    ]
+    binaries, data, port = found[-1].parent, Path(tempfile.mkdtemp(prefix="bench-pg-")), free_port()
+    # PostgreSQL refuses to run as root; its own system user runs it then.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(data, "postgres")
+
+    def run(*command: str) -> None:
+        subprocess.run([*as_user, *command], check=True, stdout=subprocess.DEVNULL)
+
+    pg_ctl = [str(binaries / "pg_ctl"), "--pgdata", str(data / "db")]
+    run(str(binaries / "initdb"), "--pgdata", str(data / "db"), "--auth", "trust",
+        "--username", "postgres", "--no-sync")  # fmt: skip
+    options = (
+        f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -c max_connections=200 "
+        "-c shared_preload_libraries=pg_stat_statements"
     )
+    run(*pg_ctl, "start", "--wait", "--log", str(data / "log"), "-o", options)
+    admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        sql(admin, "CREATE DATABASE bench")
+        sql(admin, "CREATE EXTENSION pg_stat_statements")
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/bench"
+    finally:
+        run(*pg_ctl, "stop", "--wait", "--mode", "fast")
+        shutil.rmtree(data)
+
+
+# Statements (pg_stat_statements: BEGIN and ROLLBACK too) and transactions (pg_stat_database)
+# in the bench database, and the reads of an item by id among those statements: one a request.
+COUNTERS = (
+    "SELECT json_build_array("
+    "(SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = d.datid), "
+    "(SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = d.datid "
+    "AND query ~ 'FROM\\s+items\\s+WHERE\\s+(items\\.)?id = \\$1'), "
+    "d.xact_commit + d.xact_rollback)::text FROM pg_stat_database d WHERE d.datname = 'bench'"
+)
+
+
+@dataclass
+class Counted:
+    statements: float = 0
+    reads: float = 0
+    transactions: float = 0
+
+
+@contextmanager
+def counting(url: str, into: Counted) -> Iterator[None]:
+    """Adds to `into` what PostgreSQL counted while the block ran a server. A connection
+    sends its transaction counts when it closes at the latest: they are read once every
+    connection to the database has closed."""
+    admin = url.replace("+asyncpg", "").removesuffix("/bench") + "/postgres"
+    connected = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench'"
+
+    def counters() -> list[float]:
+        deadline = time.monotonic() + 60
+        while sql(admin, connected) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return json.loads(str(sql(admin, COUNTERS)))
+
+    before = counters()
+    yield
+    after = counters()
+    into.statements += after[0] - before[0]
+    into.reads += after[1] - before[1]
+    into.transactions += after[2] - before[2]
 
 
 def database_section(args: argparse.Namespace) -> dict[str, object]:
     server_cpus, load_cpus = split_cpus()
     cpus = len(server_cpus.split(",")) if server_cpus else os.cpu_count() or 1
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    database = {"DATABASE_URL": POSTGRES_URL, "DATABASE_SCHEMA": schema}
-    postgres(f"await c.execute('CREATE SCHEMA {schema}')")
-    try:
+    with own_postgres() as url:
+        database = {"DATABASE_URL": url}
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"],
             cwd=PROJECT,
@@ -852,10 +927,11 @@ def database_section(args: argparse.Namespace) -> dict[str, object]:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        postgres(
-            f'await c.execute("INSERT INTO {schema}.items (name, description, price_cents, '
-            "created_at, updated_at) SELECT 'item ' || n, 'a bench item', n, now(), now() "
-            'FROM generate_series(1, 1000) AS n")'
+        sql(
+            url,
+            "INSERT INTO items (name, description, price_cents, created_at, updated_at) "
+            "SELECT 'item ' || n, 'a bench item', n, now(), now() "
+            "FROM generate_series(1, 1000) AS n",
         )
         script = RESULTS / "random_item.lua"
         script.write_text(
@@ -863,26 +939,29 @@ def database_section(args: argparse.Namespace) -> dict[str, object]:
             '  return wrk.format(nil, "/items/" .. math.random(1, 1000))\n'
             "end\n"
         )
-        python = sys.executable
-        gunicorn = [python, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
-        servers = {
-            f"generated service (SQLAlchemy), {w} worker{'s' * (w > 1)}": Server(
-                gunicorn, {**database, "WEB_CONCURRENCY": str(w)}, workers=w
+        # Recycling off: a worker replaced mid-run would prepare its statements again.
+        gunicorn = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+        gunicorn += ["--max-requests", "0"]
+        servers: dict[str, Server] = {}
+        for w in range(cpus, 2 * cpus + 2):
+            workers = {**database, "WEB_CONCURRENCY": str(w)}
+            servers[f"generated service, {w} worker{'s' * (w > 1)}"] = Server(
+                gunicorn, workers, workers=w
             )
-            for w in range(cpus, 2 * cpus + 2)
-        }
+            if w in (cpus, 2 * cpus + 1):
+                servers[f"same FastAPI service on raw asyncpg, {w} worker{'s' * (w > 1)}"] = Server(
+                    [*gunicorn, "raw_items:fastapi_app"], workers, workers=w
+                )
+        servers["before: ORM session.get, pool_pre_ping, in a transaction"] = Server(
+            [*gunicorn, "orm_items:app"], database, workers=cpus
+        )
         servers["bare FastAPI (no middleware), SQLAlchemy"] = Server(
             [*gunicorn, "bench.apps:bare"], database, workers=cpus
-        )
-        servers["generated service without pool_pre_ping"] = Server(
-            [*gunicorn, "no_preping:app"], database, workers=cpus
-        )
-        servers["same FastAPI service on raw asyncpg"] = Server(
-            [*gunicorn, "raw_items:fastapi_app"], database, workers=cpus
         )
         servers["bare ASGI app on raw asyncpg"] = Server(
             [*gunicorn, "raw_items:asgi_app"], database, workers=cpus
         )
+        counted = {name: Counted() for name in servers}
         print(f"database: GET /items/<random 1..1000> on PostgreSQL, server on CPU {server_cpus}")
         runs = rounds(
             servers,
@@ -893,10 +972,21 @@ def database_section(args: argparse.Namespace) -> dict[str, object]:
             "--script",
             str(script),
             count=args.rounds,
+            around=lambda name: counting(url, counted[name]),
         )
-    finally:
-        postgres(f"await c.execute('DROP SCHEMA {schema} CASCADE')")
-    return {"cpus": cpus, "rows": [vars(row) for row in rows(servers, runs)]}
+    return {
+        "cpus": cpus,
+        "rows": [vars(row) for row in rows(servers, runs)],
+        "rates": {name: [run.rate for run in runs[name]] for name in servers},
+        "p99s": {name: [run.p99_ms for run in runs[name]] for name in servers},
+        "per_request": {
+            name: {
+                "statements": count.statements / count.reads,
+                "transactions": count.transactions / count.reads,
+            }
+            for name, count in counted.items()
+        },
+    }
 
 
 # --- report --------------------------------------------------------------------------
@@ -1007,6 +1097,58 @@ def block(
     ]
 
 
+def database_block(database: dict[str, Any]) -> list[str]:
+    """Section (f): the table, what PostgreSQL counted per request, and the ratios of each
+    round (all configurations ran in every round, so a round's ratio shares its noise)."""
+    rates, p99s = database["rates"], database["p99s"]
+    names = [row["name"] for row in database["rows"]]
+    generated = [n for n in names if n.startswith("generated service, ")]
+    one, many = generated[0], generated[-1]
+    raw_one, raw_many = [n for n in names if n.startswith("same FastAPI")]
+    before = next(n for n in names if n.startswith("before:"))
+    bare = next(n for n in names if n.startswith("bare FastAPI"))
+    asgi = next(n for n in names if n.startswith("bare ASGI"))
+
+    def per_round(a: str, b: str, of: dict[str, list[float]] = rates) -> str:
+        ratios = [x / y for x, y in zip(of[a], of[b], strict=True)]
+        return (
+            f"**{statistics.median(ratios):.2f}** (rounds {min(ratios):.2f} to {max(ratios):.2f})"
+        )
+
+    counts = [
+        "| configuration | statements | transactions | req/s, rounds' range | p99 ms, range |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {database['per_request'][name]['statements']:.2f} | "
+            f"{database['per_request'][name]['transactions']:.2f} | "
+            f"{min(rates[name]):,.0f} to {max(rates[name]):,.0f} | "
+            f"{min(p99s[name]):.1f} to {max(p99s[name]):.1f} |"
+            for name in names
+        ),
+    ]
+    return block(
+        f"(f) GET /items/<random id of 1,000> on PostgreSQL, server pinned to one CPU, "
+        f"{database['connections']} connections, median of {database['rounds']} rounds of "
+        f"{database['seconds']} s",
+        database,
+        table(database["rows"], one)
+        + "\n\nPer request, as PostgreSQL counted them (pg_stat_statements, BEGIN and "
+        "ROLLBACK included; pg_stat_database), over every request of every round:\n\n"
+        + "\n".join(counts),
+        [
+            f"generated / the same FastAPI service on raw asyncpg, 1 worker: "
+            f"{per_round(one, raw_one)} (target ≥ 0.5); {many.split(', ')[1]}: "
+            f"{per_round(many, raw_many)}",
+            f"p99, generated / raw asyncpg, 1 worker: {per_round(one, raw_one, p99s)} "
+            f"(target ≤ 1.5)",
+            f"full stack / bare FastAPI on this endpoint: {per_round(one, bare)} (target ≥ 0.85)",
+            f"after / before (the ORM's session.get with pool_pre_ping): {per_round(one, before)}",
+            f"generated / bare ASGI on raw asyncpg: {per_round(one, asgi)}",
+        ],
+        "![GET /items/{id}](performance/database.png)",
+    )
+
+
 def report(results: dict[str, object]) -> dict[str, str]:
     """The results as Markdown, one block for the run (machine, load, versions) and one per
     section measured: what `results.md` holds, and what `--docs` writes between the
@@ -1075,28 +1217,7 @@ def report(results: dict[str, object]) -> dict[str, str]:
             "![1-CPU cgroup](performance/cgroup.png)",
         )
     if database := results.get("database"):
-        generated = database["rows"][0]
-        bare = row_of(database, "bare FastAPI")
-        unpinged = row_of(database, "generated service without")
-        raw = row_of(database, "same FastAPI")
-        asgi = row_of(database, "bare ASGI")
-        out["database"] = block(
-            f"(f) GET /items/<random id of 1,000> on PostgreSQL, server pinned to one CPU, "
-            f"{database['connections']} connections, median of {database['rounds']} rounds of "
-            f"{database['seconds']} s",
-            database,
-            table(database["rows"], generated["name"]),
-            [
-                f"full stack / bare FastAPI on this endpoint: "
-                f"**{generated['rate'] / bare['rate']:.2f}**",
-                f"generated / the same without pool_pre_ping: "
-                f"{generated['rate'] / unpinged['rate']:.2f}",
-                f"generated (SQLAlchemy ORM) / the same service on raw asyncpg: "
-                f"**{generated['rate'] / raw['rate']:.2f}**",
-                f"generated / bare ASGI on raw asyncpg: {generated['rate'] / asgi['rate']:.2f}",
-            ],
-            "![GET /items/{id}](performance/database.png)",
-        )
+        out["database"] = database_block(database)
     if instructions := results.get("instructions"):
         full, quiet, bare = (row["instructions"] for row in instructions["rows"])
         few, many = instructions["requests"]

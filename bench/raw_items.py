@@ -44,7 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 fastapi_app = FastAPI(lifespan=lifespan)
-fastapi_app.add_middleware(RequestObserver)
+fastapi_app.add_middleware(RequestObserver, max_in_flight=get_settings().max_concurrent_requests)
 
 
 @fastapi_app.get("/items/{item_id}")

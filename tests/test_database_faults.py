@@ -68,15 +68,20 @@ class LocalPostgres:
         self.run(str(self.bin / "pg_ctl"), "--pgdata", str(self.data / "db"), *args)
 
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off"
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off "
+            # Counts every statement each connection runs (tests/test_database_statements.py).
+            "-c shared_preload_libraries=pg_stat_statements"
+        )
         self.pg_ctl("start", "--wait", "--log", str(self.data / "postgres.log"), "-o", options)
 
     def stop(self, mode: str) -> None:
         self.pg_ctl("stop", "--wait", "--mode", mode)
 
-    def fetchval(self, query: str) -> object:
+    def fetchval(self, query: str, database: str = "postgres") -> object:
         async def fetch() -> object:
-            connection = await asyncpg.connect(self.url.replace("+asyncpg", ""), timeout=5)
+            url = self.url.replace("+asyncpg", "").rpartition("/")[0] + f"/{database}"
+            connection = await asyncpg.connect(url, timeout=5)
             try:
                 return await connection.fetchval(query)
             finally:

@@ -1,6 +1,6 @@
 """The database as a dependency: which of its errors mean "unavailable, try again" (a 503)
-and which keep their own answer (built as SQLAlchemy raises them from asyncpg), and
-readiness when it cannot be reached."""
+and which keep their own answer (built as SQLAlchemy raises them from asyncpg), a read
+on a connection that died, and readiness when it cannot be reached."""
 
 import sqlite3
 import subprocess
@@ -11,6 +11,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import Connection, event, text
 from sqlalchemy import exc as sa
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
@@ -74,6 +75,59 @@ def test_the_database_failing_is_unavailable(error: Exception) -> None:
 )
 def test_an_error_of_the_request_or_the_code_is_not(error: Exception) -> None:
     assert not is_unavailable(error)
+
+
+class ConnectionKiller:
+    """Closes the pooled connection of the next `times` statements just before they run,
+    as a server that went away unnoticed would: the statement itself finds it dead."""
+
+    def __init__(self, app: FastAPI, times: int) -> None:
+        self.engine = app.state.engine.sync_engine
+        self.left = times
+        self.killed = 0
+
+    def __enter__(self) -> "ConnectionKiller":
+        event.listen(self.engine, "before_cursor_execute", self.kill)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self.kill)
+
+    def kill(self, connection: Connection, *_: object) -> None:
+        if self.left:
+            self.left -= 1
+            self.killed += 1
+            connection.connection.dbapi_connection.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("client")  # the app's lifespan, which opens its pool
+async def test_a_read_whose_pooled_connection_died_is_read_once_more_on_a_new_one(
+    app: FastAPI,
+) -> None:
+    reads = app.state.reads
+    assert await reads.scalar(text("SELECT 1")) == 1  # a pooled connection, warm
+
+    with ConnectionKiller(app, times=1) as killer:
+        value = await reads.scalar(text("SELECT 2"))
+
+    assert killer.killed == 1
+    assert value == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("client")
+async def test_a_read_whose_new_connection_dies_too_fails_as_unavailable(app: FastAPI) -> None:
+    reads = app.state.reads
+    assert await reads.scalar(text("SELECT 1")) == 1
+
+    # Once more, not again and again: a database that is really away is answered at once
+    # (a 503, by `database_unavailable`).
+    with ConnectionKiller(app, times=2) as killer, pytest.raises(sa.DBAPIError) as raised:
+        await reads.scalar(text("SELECT 2"))
+
+    assert killer.killed == 2
+    assert is_unavailable(raised.value)
 
 
 @pytest.mark.anyio

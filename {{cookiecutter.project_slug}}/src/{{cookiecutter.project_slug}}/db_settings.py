@@ -24,6 +24,10 @@ class DatabaseSettings(ServiceSettings):
     db_max_connections: int = Field(ge=1)
     # Seconds a query may take on PostgreSQL (statement_timeout) before the request gets a 503.
     db_statement_timeout: float = Field(gt=0)
+    # PostgreSQL: keep each connection's prepared statements, so a query it ran before costs
+    # one round trip. Off behind a PgBouncer in transaction pooling mode, whose server
+    # connections change between transactions and do not carry the statements along.
+    db_statement_cache: bool
 
     @field_validator("database_url")
     @classmethod

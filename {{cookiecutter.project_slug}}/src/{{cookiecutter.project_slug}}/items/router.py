@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from ..db import SessionDep
+from ..db import ReadsDep, SessionDep
 from ..errors import documented
 from . import service
 from .schemas import MAX_ID, MAX_PAGE_SIZE, ItemIn, ItemOut, ItemPage
@@ -14,11 +14,11 @@ ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 @router.get("")
 async def list_items(
-    session: SessionDep,
+    reads: ReadsDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> ItemPage:
-    items, total = await service.list_items(session, limit, offset)
+    items, total = await service.list_items(reads, limit, offset)
     return ItemPage(
         items=[ItemOut.model_validate(item) for item in items],
         total=total,
@@ -33,8 +33,8 @@ async def create_item(session: SessionDep, data: ItemIn) -> ItemOut:
 
 
 @router.get("/{item_id}", responses=documented(404))
-async def get_item(session: SessionDep, item_id: ItemId) -> ItemOut:
-    return ItemOut.model_validate(await service.get_item(session, item_id))
+async def get_item(reads: ReadsDep, item_id: ItemId) -> ItemOut:
+    return ItemOut.model_validate(await service.read_item(reads, item_id))
 
 
 @router.put("/{item_id}", responses=documented(400, 404, 409, 413))

@@ -1,13 +1,29 @@
-"""Items in the database. Each function is one transaction: it commits fully or not at all."""
+"""Items in the database.
+
+Reads go through `Reads` with Core statements built once: one statement, no transaction,
+one round trip on a warm connection; the fast path to copy for a hot read. Writes go
+through the ORM, each function one transaction that commits fully or not at all.
+"""
+
+from typing import Any
 
 from fastapi import HTTPException, status
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from ..db import Reads
 from .models import Item
 from .schemas import ItemIn
+
+ITEMS = Item.__table__
+# Built once, at import: SQLAlchemy then compiles each just once per worker (its cache is
+# keyed by the statement's shape), where a statement built per request pays for building
+# and for its cache key each time.
+BY_ID = select(ITEMS).where(ITEMS.c.id == bindparam("item_id"))
+PAGE = select(ITEMS).order_by(ITEMS.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
+COUNT = select(func.count()).select_from(ITEMS)
 
 
 class ItemNotFound(HTTPException):
@@ -20,13 +36,21 @@ class NameTaken(HTTPException):
         super().__init__(status.HTTP_409_CONFLICT, f"an item named {name!r} already exists")
 
 
-async def list_items(session: AsyncSession, limit: int, offset: int) -> tuple[list[Item], int]:
-    page = await session.scalars(select(Item).order_by(Item.id).limit(limit).offset(offset))
-    total = await session.scalar(select(func.count()).select_from(Item))
+async def list_items(reads: Reads, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
+    page = await reads.all(PAGE, {"limit": limit, "offset": offset})
+    total = await reads.scalar(COUNT)
     return list(page), total or 0
 
 
+async def read_item(reads: Reads, item_id: int) -> Row[Any]:
+    item = await reads.first(BY_ID, {"item_id": item_id})
+    if item is None:
+        raise ItemNotFound(item_id)
+    return item
+
+
 async def get_item(session: AsyncSession, item_id: int) -> Item:
+    """The item as an ORM object, for a change within the session's transaction."""
     item = await session.get(Item, item_id)
     if item is None:
         raise ItemNotFound(item_id)
