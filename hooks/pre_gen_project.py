@@ -8,6 +8,7 @@ tests import it and call problems() with answers and prompts of their own.
 
 import json
 import keyword
+import os
 import re
 import sys
 from pathlib import Path
@@ -161,9 +162,21 @@ def problems(answers: dict[str, str], prompts: dict[str, Any]) -> list[str]:
     return found
 
 
+def read_prompts(template: Path) -> dict[str, Any]:
+    """cookiecutter.json's prompts. Cookiecutter names the template's folder as it was given,
+    so a relative one is relative to where cookiecutter started (the shell's PWD), not to
+    this hook's folder. Without the file, a refusal names the answer's key instead."""
+    for folder in (template, Path(os.environ.get("PWD", ".")) / template):
+        try:
+            prompts: dict[str, Any] = json.loads((folder / "cookiecutter.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return prompts.get("__prompts__", {})
+    return {}
+
+
 if __name__ == "__main__":
-    template = Path(ANSWERS["template"]) / "cookiecutter.json"
-    found = problems(ANSWERS, json.loads(template.read_text())["__prompts__"])
+    found = problems(ANSWERS, read_prompts(Path(ANSWERS["template"])))
     for problem in found:
         print(f"ERROR: {problem}", file=sys.stderr)
     sys.exit(1 if found else 0)

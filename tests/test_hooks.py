@@ -213,6 +213,35 @@ def test_a_refused_answer_stops_cookiecutter_with_its_error_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_template_named_by_a_relative_path_words_its_refusals_in_the_prompts(
+    tmp_path: Path,
+) -> None:
+    """`cookiecutter path/to/fastapi-prod`: the hook runs in the project's folder, and finds
+    the prompts relative to where cookiecutter was started."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            TEMPLATE.name,
+            "--no-input",
+            "-o",
+            str(tmp_path),
+            "scenario=batch",
+            "use_celery=no",
+        ],
+        cwd=TEMPLATE.parent,
+        env={**os.environ, "PWD": str(TEMPLATE.parent)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert f'ERROR: You answered "no" to "{PROMPTS["use_celery"]}", but' in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_answer_outside_a_choice_is_refused_by_cookiecutter(tmp_path: Path) -> None:
     result = bake(tmp_path, "scenario=graphql")
 
