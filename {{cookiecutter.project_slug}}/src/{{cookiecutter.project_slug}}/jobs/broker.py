@@ -93,14 +93,19 @@ def waiting(celery: Celery) -> int:
     """How many jobs wait on the broker, not yet taken by a worker."""
     heavy: str = celery.conf.task_routes[AGGREGATE_CSV]["queue"]
     with celery.connection_for_write() as connection:
-        no_such_queue: tuple[type[BaseException], ...] = (ChannelError, *connection.channel_errors)
-        # Every transport's channel has queue_declare; kombu's stubs know the AMQP one alone.
-        channel: Any = connection.default_channel
-        try:
-            declared = channel.queue_declare(heavy, passive=True)
-        except no_such_queue:
-            return 0  # not declared yet, or gone with the broker's data: nothing waits
-        return int(declared.message_count)
+        return messages_in(connection, heavy)
+
+
+def messages_in(connection: Any, queue: str) -> int:
+    """How many messages wait in `queue`, on an open connection to the broker."""
+    no_such_queue: tuple[type[BaseException], ...] = (ChannelError, *connection.channel_errors)
+    # Every transport's channel has queue_declare; kombu's stubs know the AMQP one alone.
+    channel: Any = connection.default_channel
+    try:
+        declared = channel.queue_declare(queue, passive=True)
+    except no_such_queue:
+        return 0  # not declared yet, or gone with the broker's data: nothing waits
+    return int(declared.message_count)
 
 
 def ping(celery: Celery) -> None:
