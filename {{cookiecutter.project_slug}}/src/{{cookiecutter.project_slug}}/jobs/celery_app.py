@@ -54,10 +54,10 @@ def _warn(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _serve_metrics(**_: Any) -> None:
+def _serve_metrics(sender: Any, **_: Any) -> None:
     # On loopback in development, as Gunicorn binds; to the scraper otherwise.
     host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
-    metrics.serve_worker_metrics(app, host, settings.celery.metrics_port)
+    metrics.serve_worker_metrics(app, sender.hostname, host, settings.celery.metrics_port)
 
 
 def in_database(operation: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -124,7 +124,7 @@ class QueueLengths:
     while the broker cannot be reached: the readiness check reports that."""
 
     def __init__(self, celery: Callable[[], Celery | None]) -> None:
-        self.celery = celery  # the worker's own Celery app, made as it starts
+        self.celery = celery  # the API worker's Celery app, made as its lifespan starts
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [self._family()]
@@ -132,7 +132,7 @@ class QueueLengths:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = self._family()
         celery = self.celery()
-        if celery is None:  # the worker has not started
+        if celery is None:  # not started yet
             yield family
             return
         queues = sorted({queue.name for queue in celery.conf.task_queues})
@@ -166,16 +166,17 @@ class CountedRequest(Request):
         super().reject(requeue)
 
 
-_hostname = socket.gethostname()  # the worker's node name without its "celery@" once it starts
+_hostname = socket.gethostname()  # the host part of the worker's node name, once it starts
 _started: dict[str, float] = {}  # task id -> when its run started, in the pool process
 _server: Any = None  # the worker's metrics endpoint, in its main process
 
 
-def serve_worker_metrics(celery: Celery, host: str, port: int) -> None:
+def serve_worker_metrics(celery: Celery, node_name: str, host: str, port: int) -> None:
     """Start counting from zero in a fresh PROMETHEUS_MULTIPROC_DIR and serve the sum of
     every process's files on `port`. Call it in the worker's main process, before the pool
-    starts."""
-    global _server
+    starts; `node_name` is the worker's (celery@host)."""
+    global _server, _hostname
+    _hostname = nodesplit(node_name)[1]
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -194,12 +195,6 @@ def serve_worker_metrics(celery: Celery, host: str, port: int) -> None:
     except OSError as error:
         # The worker's job is the jobs: it runs on without its metrics rather than not at all.
         logger.error("worker metrics not served on %s:%s: %s", host, port, error)
-
-
-@signals.worker_init.connect
-def _named(sender: Any, **_: Any) -> None:
-    global _hostname
-    _hostname = nodesplit(sender.hostname)[1]
 
 
 @signals.worker_process_init.connect

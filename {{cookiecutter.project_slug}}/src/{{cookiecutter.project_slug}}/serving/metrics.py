@@ -4,6 +4,10 @@ Each worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR (set by
 gunicorn.conf.py before any worker starts); /metrics sums the files of every worker,
 those of workers that died or were recycled included, so counters never go backwards.
 Without the variable (a test, a single process) the process's own registry is served.
+
+The names, labels and status classes are prometheus-fastapi-instrumentator's (README.md,
+"Metrics"), and every series a worker can count exists at 0 from its start
+(`count_from_zero`), so that Prometheus's rate() sees the first answers of each.
 """
 
 import bisect
@@ -61,9 +65,11 @@ class Sizes(Summary):
     """A Summary that also takes many observations at once, as Durations does."""
 
     def observe_total(self, count: int, total: float) -> None:
-        """What `count` calls of observe() adding up to `total` do, in two writes."""
+        """What `count` calls of observe() adding up to `total` do, in at most two writes
+        (one for bodiless requests, whose sizes add up to 0)."""
         self._count.inc(count)
-        self._sum.inc(total)
+        if total:
+            self._sum.inc(total)
 
 
 # The names, labels and status classes of prometheus-fastapi-instrumentator's default
