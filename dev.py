@@ -39,15 +39,18 @@ def tools() -> Path:
 
 
 def debian_tools() -> Path:
-    """promtool, which checks the generated Prometheus rules, from Debian's prometheus package.
+    """promtool, which checks the generated Prometheus rules, and the Prometheus server,
+    which tests/test_prometheus_live.py runs on loopback against baked services, from
+    Debian's prometheus package.
 
-    PyPI has no promtool. The package is downloaded and only its promtool is unpacked:
-    installing it would also install, and on some machines start, a Prometheus server.
+    PyPI has neither. The package is downloaded and only those two programs are unpacked:
+    installing it would also install, and on some machines start, a Prometheus service.
     systemd-analyze, the other tool the tests need from outside PyPI, comes with systemd.
     Where apt-get is missing, nothing is fetched and the tests that need promtool say so.
     """
     bin_dir = DEBIAN_TOOLS / "usr" / "bin"
-    if (bin_dir / "promtool").exists() or shutil.which("apt-get") is None:
+    programs = ["promtool", "prometheus"]
+    if all((bin_dir / name).exists() for name in programs) or shutil.which("apt-get") is None:
         return bin_dir
     downloads = DEBIAN_TOOLS / "downloads"
     shutil.rmtree(downloads, ignore_errors=True)
@@ -61,7 +64,13 @@ def debian_tools() -> Path:
         ["dpkg-deb", "--fsys-tarfile", package], check=True, capture_output=True
     ).stdout
     subprocess.run(
-        ["tar", "--extract", "--directory", DEBIAN_TOOLS, "./usr/bin/promtool"],
+        [
+            "tar",
+            "--extract",
+            "--directory",
+            DEBIAN_TOOLS,
+            *(f"./usr/bin/{name}" for name in programs),
+        ],
         input=contents,
         check=True,
     )

@@ -745,7 +745,7 @@ def test_alert_rules_pass_promtool_and_fire_in_its_unit_tests(baked: Bake) -> No
 
 def dashboard_queries(baked: Bake) -> list[str]:
     dashboard = json.loads(baked.read("deploy/grafana/dashboard.json"))
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 def test_dashboard_queries_are_valid_promql(baked: Bake, tmp_path: Path) -> None:
@@ -771,10 +771,21 @@ def test_dashboard_queries_are_valid_promql(baked: Bake, tmp_path: Path) -> None
 
 
 EXPORTED_SERIES = """
+import importlib.util
 import {package}.main  # the app's modules register their metrics as they are imported
+from {package}.serving.metrics import highr
 from prometheus_client import REGISTRY
-SUFFIXES = {{"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}}
-for family in REGISTRY.collect():
+highr()  # made as a worker starts
+families = list(REGISTRY.collect())
+if importlib.util.find_spec("{package}.jobs"):  # read from the broker at each scrape
+    from {package}.jobs.metrics import QueueLengths
+    families += QueueLengths(lambda: None).collect()
+SUFFIXES = {{
+    "counter": ["_total"],
+    "histogram": ["_bucket", "_sum", "_count"],
+    "summary": ["_sum", "_count"],
+}}
+for family in families:
     for suffix in SUFFIXES.get(family.type, [""]):
         print(family.name + suffix)
 """
@@ -796,5 +807,5 @@ def test_dashboard_and_alerts_name_only_metrics_the_service_exports(baked: Bake)
         for name in metric_names(query)
     }
 
-    assert {"http_requests_total", "http_request_duration_seconds_bucket"} <= used
+    assert {"http_requests_total", "http_request_duration_highr_seconds_bucket"} <= used
     assert used - exported == {"up"}  # `up` is Prometheus's own, one per scrape target

@@ -1,15 +1,17 @@
-"""The middleware's metrics: answers counted as they start; the in-progress gauge and the
-durations written as the event loop's turn ends."""
+"""The middleware's metrics: prometheus-fastapi-instrumentator's names, every series at 0
+from the start; answers counted as they start; the in-progress gauge, the durations and the
+sizes written as the event loop's turn ends."""
 
 import asyncio
 import math
 
 import httpx
 import pytest
+from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from starlette.types import Message, Receive, Scope, Send
 
-from {{ cookiecutter.project_slug }}.serving.metrics import Durations
+from {{ cookiecutter.project_slug }}.serving.metrics import STATUS_CLASSES, Durations, count_from_zero
 from {{ cookiecutter.project_slug }}.serving.middleware import RequestObserver
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +23,7 @@ def sample(name: str, labels: dict[str, str]) -> float:
 
 async def in_progress() -> float:
     await asyncio.sleep(0)  # the gauge is written as the turn ends
-    return sample("http_requests_in_progress", {"method": "GET"})
+    return sample("http_requests_inprogress", {"method": "GET"})
 
 
 async def test_a_request_is_in_progress_until_it_is_answered() -> None:
@@ -49,20 +51,20 @@ async def test_a_request_that_fails_is_counted_once_as_a_500_and_no_longer_in_pr
     async def failing(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("boom")
 
-    labels = {"method": "GET", "route": "unmatched"}
-    before = (await in_progress(), sample("http_requests_total", {**labels, "status": "500"}))
+    labels = {"method": "GET", "handler": "none"}
+    before = (await in_progress(), sample("http_requests_total", {**labels, "status": "5xx"}))
     transport = httpx.ASGITransport(app=RequestObserver(failing, max_in_flight=10))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         with pytest.raises(RuntimeError, match="boom"):
             await client.get("/fails")
 
-    after = (await in_progress(), sample("http_requests_total", {**labels, "status": "500"}))
+    after = (await in_progress(), sample("http_requests_total", {**labels, "status": "5xx"}))
     assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
 
 
 async def test_an_answer_is_counted_before_it_starts_and_its_duration_as_the_turn_ends() -> None:
-    labels = {"method": "GET", "route": "unmatched"}
-    answers = ("http_requests_total", {**labels, "status": "201"})
+    labels = {"method": "GET", "handler": "none"}
+    answers = ("http_requests_total", {**labels, "status": "2xx"})
     durations = ("http_request_duration_seconds_count", labels)
     counted_when_sent = []
 
@@ -86,6 +88,52 @@ async def test_an_answer_is_counted_before_it_starts_and_its_duration_as_the_tur
 
     assert [n - before[0] for n in counted_when_sent] == [1, 2, 3]
     assert (durations_in_the_turn, sample(*durations) - before[1]) == (0, 3)
+
+
+async def test_sizes_and_the_fine_latency_are_written_as_the_turn_ends() -> None:
+    async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"11")]}
+        )
+        await send({"type": "http.response.body", "body": b"eleven byte"})
+
+    names = [
+        ("http_request_size_bytes_count", {"handler": "none"}),
+        ("http_request_size_bytes_sum", {"handler": "none"}),
+        ("http_response_size_bytes_sum", {"handler": "none"}),
+        ("http_request_duration_highr_seconds_count", {}),
+    ]
+    before = [sample(*name) for name in names]
+    transport = httpx.ASGITransport(app=RequestObserver(echo_length, max_in_flight=10))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        await client.post("/sized", content=b"12345")
+        await asyncio.sleep(0)
+
+    assert [sample(*name) - was for name, was in zip(names, before, strict=True)] == [1, 5, 11, 1]
+
+
+def test_every_handler_method_and_status_class_exists_at_zero_from_the_start() -> None:
+    app = FastAPI()
+    things = APIRouter(prefix="/zero-things")
+    things.add_api_route("/{thing_id}", lambda thing_id: None, methods=["GET", "PUT"])
+    app.include_router(things)
+    app.add_api_route("/zero-ping", lambda: None, methods=["POST"])
+
+    count_from_zero(app)
+
+    routes = {("GET", "/zero-things/{thing_id}"), ("PUT", "/zero-things/{thing_id}")}
+    routes |= {("POST", "/zero-ping")}
+    unmatched = {(method, "none") for method in ("GET", "POST", "PUT")}  # other tests count these
+    for method, handler in routes | unmatched:
+        for status in STATUS_CLASSES:
+            labels = {"method": method, "status": status, "handler": handler}
+            counted = REGISTRY.get_sample_value("http_requests_total", labels)
+            assert counted == 0 if (method, handler) in routes else counted is not None, labels
+        timed = {"method": method, "handler": handler}
+        assert REGISTRY.get_sample_value("http_request_duration_seconds_count", timed) is not None
+    sized = {"handler": "/zero-ping"}
+    assert REGISTRY.get_sample_value("http_request_size_bytes_count", sized) == 0
 
 
 def test_many_observations_at_once_are_the_same_as_one_by_one() -> None:

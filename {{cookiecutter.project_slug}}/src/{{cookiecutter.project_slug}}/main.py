@@ -22,6 +22,7 @@ FEATURES = [{% for feature, where in cookiecutter._features.items() if cookiecut
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     blocking.limit_threads(app.state.settings.thread_pool_size)
+    metrics.count_from_zero(app)
     app.state.readiness_checks = {}
     async with AsyncExitStack() as running:
         for feature in FEATURES:

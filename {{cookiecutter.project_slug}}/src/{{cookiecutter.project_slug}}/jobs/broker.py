@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 from kombu.exceptions import ChannelError
+from kombu.transport import virtual
 
 from ..serving.cpu import effective_cpu_count
 from ..settings import Settings
@@ -93,14 +94,23 @@ def waiting(celery: Celery) -> int:
     """How many jobs wait on the broker, not yet taken by a worker."""
     heavy: str = celery.conf.task_routes[AGGREGATE_CSV]["queue"]
     with celery.connection_for_write() as connection:
-        no_such_queue: tuple[type[BaseException], ...] = (ChannelError, *connection.channel_errors)
-        # Every transport's channel has queue_declare; kombu's stubs know the AMQP one alone.
-        channel: Any = connection.default_channel
-        try:
-            declared = channel.queue_declare(heavy, passive=True)
-        except no_such_queue:
-            return 0  # not declared yet, or gone with the broker's data: nothing waits
-        return int(declared.message_count)
+        return messages_in(connection, heavy)
+
+
+def messages_in(connection: Any, queue: str) -> int:
+    """How many messages wait in `queue`, on an open connection to the broker."""
+    no_such_queue: tuple[type[BaseException], ...] = (ChannelError, *connection.channel_errors)
+    # Every transport's channel has queue_declare; kombu's stubs know the AMQP one alone.
+    channel: Any = connection.default_channel
+    # Passive on RabbitMQ, where declaring with other arguments than the worker's would fail.
+    # Kombu's own transports (Redis, SQLite) declare nothing on the server, and their passive
+    # check misses a queue under a Redis key prefix (kombu's EXISTS is not prefixed): 0.
+    passive = not isinstance(channel, virtual.Channel)
+    try:
+        declared = channel.queue_declare(queue, passive=passive)
+    except no_such_queue:
+        return 0  # not declared yet, or gone with the broker's data: nothing waits
+    return int(declared.message_count)
 
 
 def ping(celery: Celery) -> None:

@@ -5,6 +5,20 @@ any event loop), and its outcome recorded. Expected failures (bad rows, the soft
 limit) are recorded as failed jobs with a message; anything else is too, by `on_failure`.
 """
 
+import os
+import tempfile
+
+# Every process of the worker counts its tasks in files in one directory, which the worker's
+# metrics endpoint sums (metrics.py). prometheus_client reads the variable once, as it is
+# imported: it is set before anything imports it.
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(
+        "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),  # noqa: S108
+        f"{{ cookiecutter.project_slug }}-worker-metrics-{os.getpid()}",
+    ),
+)
+
 import asyncio
 import logging.config
 import uuid
@@ -19,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .. import db
 from ..serving.logs import logging_config
 from ..settings import get_settings
-from . import csvstats, service
+from . import csvstats, metrics, service
 from .broker import AGGREGATE_CSV, create_celery, warn_if_not_durable
 
 T = TypeVar("T")
@@ -37,6 +51,13 @@ def _json_logs(**_: Any) -> None:
 @signals.worker_init.connect
 def _warn(**_: Any) -> None:
     warn_if_not_durable(settings)
+
+
+@signals.worker_init.connect
+def _serve_metrics(sender: Any, **_: Any) -> None:
+    # On loopback in development, as Gunicorn binds; to the scraper otherwise.
+    host = "127.0.0.1" if settings.environment == "development" else "0.0.0.0"  # noqa: S104
+    metrics.serve_worker_metrics(app, sender.hostname, host, settings.celery.metrics_port)
 
 
 def in_database(operation: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -57,7 +78,13 @@ def in_database(operation: Callable[..., Awaitable[T]], *args: Any) -> T:
     return asyncio.run(run())
 
 
+def record(job_id: uuid.UUID, result: dict[str, Any] | None, error: str | None = None) -> None:
+    metrics.job_finished(in_database(service.finish, job_id, result, error), error)
+
+
 class JobTask(Task):  # type: ignore[type-arg]
+    Request = "{{ cookiecutter.project_slug }}.jobs.metrics:CountedRequest"
+
     def on_failure(
         self,
         exc: Exception,
@@ -73,7 +100,7 @@ class JobTask(Task):  # type: ignore[type-arg]
             error = f"the job failed unexpectedly ({type(exc).__name__}); see the worker's log"
         logger.error("job %s failed: %r", args[:1], exc)
         try:
-            in_database(service.finish, uuid.UUID(args[0]), None, error)
+            record(uuid.UUID(args[0]), None, error)
         except Exception:
             logger.exception("could not record the failure of job %s", args[:1])
 
@@ -87,9 +114,9 @@ def aggregate_csv(job_id: str) -> None:
     try:
         result = csvstats.aggregate(data)
     except csvstats.CsvProblem as problem:
-        in_database(service.finish, job, None, str(problem))
+        record(job, None, str(problem))
     except SoftTimeLimitExceeded:
         limit = settings.celery.soft_time_limit
-        in_database(service.finish, job, None, f"took longer than the time limit of {limit} s")
+        record(job, None, f"took longer than the time limit of {limit} s")
     else:
-        in_database(service.finish, job, result)
+        record(job, result)

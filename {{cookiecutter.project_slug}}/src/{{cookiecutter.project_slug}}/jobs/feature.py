@@ -9,14 +9,16 @@ from fastapi import FastAPI
 
 from ..blocking import call_blocking
 from ..features import Feature, ReadinessChecks
+from ..serving.metrics import collect_when_scraped
 from ..settings import Settings
-from . import broker
+from . import broker, metrics
 from .router import router
 from .sweeper import sweeping
 
 
 def _install(app: FastAPI, settings: Settings) -> None:
     app.include_router(router, max_body_size=settings.max_upload_size)
+    collect_when_scraped(app, metrics.QueueLengths(lambda: getattr(app.state, "celery", None)))
 
 
 @asynccontextmanager
@@ -24,6 +26,7 @@ async def _running(app: FastAPI) -> AsyncIterator[ReadinessChecks]:
     settings: Settings = app.state.settings
     broker.warn_if_not_durable(settings)
     app.state.celery = celery = broker.create_celery(settings)
+    metrics.count_sent_from_zero(celery)
     try:
         async with sweeping(app):
             yield {"broker": partial(call_blocking, broker.ping, celery)}

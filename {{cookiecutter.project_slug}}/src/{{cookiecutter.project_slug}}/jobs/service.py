@@ -68,9 +68,10 @@ async def finish(
     job_id: uuid.UUID,
     result: dict[str, Any] | None = None,
     error: str | None = None,
-) -> None:
-    """Record the outcome, unless another run of the same job recorded one first."""
-    await session.execute(
+) -> bool:
+    """Record the outcome, unless another run of the same job recorded one first; whether
+    this call recorded it."""
+    recorded = await session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(UNFINISHED))
         .values(
@@ -81,6 +82,7 @@ async def finish(
         )
     )
     await session.commit()
+    return bool(recorded.rowcount)  # type: ignore[attr-defined]
 
 
 # Jobs the sweeper changes at most in one sweep: one transaction stays short, and the next

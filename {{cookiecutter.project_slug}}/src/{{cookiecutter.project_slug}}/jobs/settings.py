@@ -27,6 +27,8 @@ class CelerySettings(BaseModel):
     max_attempts: PositiveInt
     max_tasks_per_child: PositiveInt
     max_memory_per_child_kib: PositiveInt
+    # The port each Celery worker serves its Prometheus metrics on (jobs/metrics.py).
+    metrics_port: int = Field(ge=1, le=65535)
 
     def processes_for(self, cpus: int) -> int:
         return self.concurrency or self.processes_per_cpu * cpus

@@ -86,6 +86,15 @@ prometheus_client (metrics.py).
 - A histogram's `_upper_bounds`, `_buckets` and `_sum`, written once for a turn's
   observations (`Durations.observe_all`).
   Breaks: tests/test_metrics.py::test_many_observations_at_once_are_the_same_as_one_by_one.
+- A summary's `_count` and `_sum`, written once for a turn's sizes (`Sizes.observe_total`).
+  Breaks: tests/test_metrics.py::test_sizes_and_the_fine_latency_are_written_as_the_turn_ends.
+
+FastAPI (metrics.py).
+- The `effective_route_contexts()` of the routers `include_router` adds to `app.routes`,
+  which list their routes with the prefix (`routes_of`, for the series made at 0 as a
+  worker starts). A release that renames it leaves those routes' series to appear at their
+  first answer, which `rate()` misses. Breaks:
+  tests/test_metrics.py::test_every_handler_method_and_status_class_exists_at_zero_from_the_start.
 
 Python's logging (logs.py).
 - `logging._srcfile = None`, the logging HOWTO's own advice ("Optimization") to skip the

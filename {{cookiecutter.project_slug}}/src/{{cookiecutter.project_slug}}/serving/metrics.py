@@ -4,14 +4,19 @@ Each worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR (set by
 gunicorn.conf.py before any worker starts); /metrics sums the files of every worker,
 those of workers that died or were recycled included, so counters never go backwards.
 Without the variable (a test, a single process) the process's own registry is served.
+
+The names, labels and status classes are prometheus-fastapi-instrumentator's (README.md,
+"Metrics"), and every series a worker can count exists at 0 from its start
+(`count_from_zero`), so that Prometheus's rate() sees the first answers of each.
 """
 
 import bisect
 import collections
 import functools
 import os
+from collections.abc import Iterator
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -19,9 +24,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from .turns import EndOfTurn
 
@@ -54,19 +61,50 @@ class Answers(Counter):
         self._value.inc(1)
 
 
-REQUESTS = Answers("http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+class Sizes(Summary):
+    """A Summary that also takes many observations at once, as Durations does."""
+
+    def observe_total(self, count: int, total: float) -> None:
+        """What `count` calls of observe() adding up to `total` do, in at most two writes
+        (one for bodiless requests, whose sizes add up to 0)."""
+        self._count.inc(count)
+        if total:
+            self._sum.inc(total)
+
+
+# The names, labels and status classes of prometheus-fastapi-instrumentator's default
+# metrics, so that dashboards and alerts built for it work here (README.md, "Metrics").
+REQUESTS = Answers(
+    "http_requests_total",
+    "Total number of requests by method, status and handler.",
+    ["method", "status", "handler"],
+)
 DURATION = Durations(
     "http_request_duration_seconds",
-    "Time from request to the end of the response.",
-    ["method", "route"],
+    "Latency with only few buckets by handler.",
+    ["method", "handler"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REQUEST_SIZE = Sizes(
+    "http_request_size_bytes",
+    "Content length of incoming requests by handler (0 without the header).",
+    ["handler"],
+)
+RESPONSE_SIZE = Sizes(
+    "http_response_size_bytes",
+    "Content length of outgoing responses by handler (0 without the header).",
+    ["handler"],
+)
+HIGHR_BUCKETS = (
+    *(0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5),
+    *(7.5, 10, 30, 60),
 )
 # Summed over live workers only: a dead worker's requests are no longer in progress. Labelled,
 # so that no sample (and no file in PROMETHEUS_MULTIPROC_DIR) exists before a worker answers:
 # a master that preloads the app imports this before it creates that directory.
 IN_PROGRESS = Gauge(
-    "http_requests_in_progress",
-    "HTTP requests being answered.",
+    "http_requests_inprogress",
+    "Number of HTTP requests in progress.",
     ["method"],
     multiprocess_mode="livesum",
 )
@@ -78,24 +116,94 @@ REFUSED = Counter(
     ["reason"],
 )
 
+
+@functools.cache
+def highr() -> Durations:
+    """The latency of every answer in fine buckets, without labels, as the instrumentator
+    has it. Made in the worker, when first used: an unlabelled metric opens its file in
+    PROMETHEUS_MULTIPROC_DIR as it is made, and a master that preloads the app imports this
+    module before it creates that directory."""
+    return Durations(
+        "http_request_duration_highr_seconds",
+        "Latency with many buckets but no API specific labels.",
+        buckets=HIGHR_BUCKETS,
+    )
+
+
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+# The handler of a request no route matched (the route the middleware passes is "unmatched").
+UNMATCHED = "none"
+
+
+def _handler(route: str) -> str:
+    return UNMATCHED if route == "unmatched" else route
+
+
 # The labelled series, each looked up once: `labels()` validates and locks on every call,
-# a measurable share of a fast request's time. Routes and methods are few, so are these.
-answered = functools.cache(REQUESTS.labels)
-timed = functools.cache(DURATION.labels)
+# a measurable share of a fast request's time. Routes, methods and statuses are few, so
+# are these. A status is grouped into its class (404 -> "4xx") once, here.
+@functools.cache
+def answered(method: str, route: str, status: int) -> Answers:
+    return REQUESTS.labels(method, f"{status // 100}xx", _handler(route))
+
+
+@functools.cache
+def timed(method: str, route: str) -> Durations:
+    return DURATION.labels(method, _handler(route))
+
+
+@functools.cache
+def sized(route: str) -> tuple[Sizes, Sizes]:
+    return REQUEST_SIZE.labels(_handler(route)), RESPONSE_SIZE.labels(_handler(route))
+
+
 in_progress = functools.cache(IN_PROGRESS.labels)
 refused = functools.cache(REFUSED.labels)
+
+
+def routes_of(app: FastAPI) -> Iterator[tuple[str, str]]:
+    """(method, route template) for every HTTP route of the app, those of included routers
+    with their prefix, and (method, "unmatched") for every method the routes take."""
+    methods = set()
+    for route in app.routes:
+        # FastAPI's included routers list their routes, prefixed, through this method.
+        contexts = getattr(route, "effective_route_contexts", None)
+        for resolved in contexts() if callable(contexts) else [route]:
+            path = getattr(resolved, "path", None)
+            if not isinstance(path, str):
+                continue  # not a route, nor a router of routes
+            for method in getattr(resolved, "methods", None) or ():
+                methods.add(method)
+                yield method, path
+    for method in sorted(methods):
+        yield method, "unmatched"
+
+
+def count_from_zero(app: FastAPI) -> None:
+    """Make every series the app can answer with at 0, in this worker: every handler x
+    method x status class, its durations and sizes, the in-progress gauge. A series that
+    first appears with a value above 0 is invisible to Prometheus's rate() and increase()
+    until its next change, and a ratio over a series that does not exist (5xx on a healthy
+    service) is no data rather than 0. Call it in each worker, after the fork."""
+    highr()
+    for method, route in routes_of(app):
+        for status_class in STATUS_CLASSES:
+            answered(method, route, int(status_class[0]) * 100)
+        timed(method, route)
+        sized(route)
+        in_progress(method).set(0)
 
 
 class RequestMetrics:
     """What the middleware records of each request, in one worker.
 
     An answer is counted by itself, as it starts: a client never holds an uncounted answer,
-    even from a worker killed the next instant. The durations and the in-progress gauge are
-    written once a turn of the event loop (turns.py): in multiprocess mode every write locks
-    and writes a memory-mapped file, and per request those writes were over half of what
-    observing a request cost. A scrape sees the gauge as the last turn left it; a worker
-    killed mid-turn loses that turn's durations, as it loses its access lines. Call it from
-    the event loop only.
+    even from a worker killed the next instant. The durations, sizes and the in-progress
+    gauge are written once a turn of the event loop (turns.py): in multiprocess mode every
+    write locks and writes a memory-mapped file, and per request those writes were over half
+    of what observing a request cost. A scrape sees the gauge as the last turn left it; a
+    worker killed mid-turn loses that turn's durations and sizes, as it loses its access
+    lines. Call it from the event loop only.
     """
 
     def __init__(self) -> None:
@@ -104,6 +212,8 @@ class RequestMetrics:
         self._durations: collections.defaultdict[tuple[str, str], list[float]] = (
             collections.defaultdict(list)  # (method, route) -> seconds
         )
+        # route -> [answers, request bytes, response bytes]
+        self._sizes: collections.defaultdict[str, list[int]] = collections.defaultdict(_no_sizes)
         self._turn = EndOfTurn(self.flush)
 
     def started(self, method: str) -> None:
@@ -116,9 +226,16 @@ class RequestMetrics:
     def refused(self, reason: str) -> None:
         refused(reason).inc()
 
-    def finished(self, method: str, route: str, seconds: float) -> None:
+    def finished(
+        self, method: str, route: str, seconds: float, received: int = 0, sent: int = 0
+    ) -> None:
+        """`received` and `sent`: the request's and the response's Content-Length, or 0."""
         self._running[method] -= 1
         self._durations[method, route].append(seconds)
+        sizes = self._sizes[route]
+        sizes[0] += 1
+        sizes[1] += received
+        sizes[2] += sent
         self._turn.schedule()
 
     def flush(self) -> None:
@@ -127,8 +244,29 @@ class RequestMetrics:
                 in_progress(method).set(running)
                 self._in_gauge[method] = running
         durations, self._durations = self._durations, collections.defaultdict(list)
+        every = []
         for (method, route), seconds in durations.items():
             timed(method, route).observe_all(seconds)
+            every += seconds
+        if every:
+            highr().observe_all(every)
+        sizes, self._sizes = self._sizes, collections.defaultdict(_no_sizes)
+        for route, (answers, received, sent) in sizes.items():
+            request_size, response_size = sized(route)
+            request_size.observe_total(answers, received)
+            response_size.observe_total(answers, sent)
+
+
+def _no_sizes() -> list[int]:
+    return [0, 0, 0]
+
+
+def collect_when_scraped(app: FastAPI, collector: Collector) -> None:
+    """Serve, beside the workers' metrics, what `collector` reads at each scrape: a value
+    only another service knows (a queue's length on the broker), read when asked."""
+    if not hasattr(app.state, "scraped"):
+        app.state.scraped = CollectorRegistry()
+    app.state.scraped.register(collector)
 
 
 router = APIRouter(tags=["health"])
@@ -145,4 +283,7 @@ def metrics(request: Request) -> Response:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    text = generate_latest(registry)
+    if hasattr(request.app.state, "scraped"):
+        text += generate_latest(request.app.state.scraped)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

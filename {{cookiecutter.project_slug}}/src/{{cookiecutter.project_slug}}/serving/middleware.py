@@ -9,7 +9,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,18 +45,21 @@ class RequestObserver:
             return
         started = time.perf_counter()
         method = scope["method"]
-        rid = _request_id(scope)
+        rid, received = _request_id_and_length(scope)
         token = request_id.set(rid)
         status = 0  # until the answer starts
         route = ""
+        sent = 0
 
         # A plain function returning send's awaitable: no coroutine of its own per message.
         def send_with_id(message: Message) -> Awaitable[None]:
-            nonlocal status, route
+            nonlocal status, route, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
                 route = _route(scope)
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+                headers = message.get("headers", ())
+                sent = _content_length(headers)
+                message["headers"] = [*headers, (b"x-request-id", rid.encode())]
                 # Counted as the answer starts: a client never sees an uncounted response.
                 request_metrics.answered(method, route, status)
             return send(message)
@@ -79,7 +82,7 @@ class RequestObserver:
             if not status:  # the app raised (or returned) before answering: the server says 500
                 status, route = 500, _route(scope)
                 request_metrics.answered(method, route, status)
-            request_metrics.finished(method, route, elapsed)
+            request_metrics.finished(method, route, elapsed, received, sent)
             client = scope.get("client")
             access_log.write(
                 method, scope["path"], route, status, elapsed, str(client[0]) if client else None
@@ -99,13 +102,25 @@ def _waited(scope: Scope) -> float:
     return time.monotonic() - read_at if read_at else 0.0
 
 
-def _request_id(scope: Scope) -> str:
+def _request_id_and_length(scope: Scope) -> tuple[str, int]:
+    """The request's id and its Content-Length (0 without one), in one pass over its head."""
+    rid = None
+    length = 0
     name: bytes
     value: bytes
     for name, value in scope["headers"]:
-        if name == b"x-request-id" and _SAFE_ID.fullmatch(value):
-            return value.decode()
-    return f"{_id_prefix}{next(_id_counter):x}"
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else 0
+        elif name == b"x-request-id" and rid is None and _SAFE_ID.fullmatch(value):
+            rid = value.decode()
+    return rid or f"{_id_prefix}{next(_id_counter):x}", length
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 # New request ids: 32 hex digits, a random prefix per process and a counter. Unique, and
