@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gunicorn.arbiter import Arbiter
 from uvicorn import Config, Server
@@ -71,6 +71,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from ..settings import get_settings
+
+if TYPE_CHECKING:  # imported for its type alone: see count_refused
+    from .metrics import RefusalReason
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -111,7 +114,7 @@ class RequestLimits:
 class Refused(Exception):
     """A request the server turns away: its status, a metric label, and what to tell the client."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: "RefusalReason", message: str) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -291,7 +294,7 @@ class ServingProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def count_refused(reason: str) -> None:
+def count_refused(reason: "RefusalReason") -> None:
     # Imported here: Gunicorn's master imports this module before it sets
     # PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads once, as it is imported.
     from .metrics import refused

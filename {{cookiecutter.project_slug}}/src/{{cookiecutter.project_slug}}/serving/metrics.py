@@ -15,6 +15,7 @@ import collections
 import functools
 import os
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
 from prometheus_client import (
@@ -115,6 +116,18 @@ REFUSED = Counter(
     "HTTP requests refused by the server, by reason.",
     ["reason"],
 )
+# Every reason the server refuses for: each series exists from a worker's start.
+RefusalReason = Literal[
+    "overloaded",  # past max_request_wait or max_concurrent_requests: 503 (middleware.py)
+    "draining",  # a WebSocket opened while the worker stops: 503
+    "line_too_long",  # 414
+    "too_many_headers",  # 431
+    "header_too_large",  # 431
+    "head_too_large",  # 431
+    "header_timeout",  # 408
+    "idle_timeout",  # a connection that sent nothing, closed
+    "body_timeout",  # a body that stalled, closed
+]
 
 
 @functools.cache
@@ -158,7 +171,11 @@ def sized(route: str) -> tuple[Sizes, Sizes]:
 
 
 in_progress = functools.cache(IN_PROGRESS.labels)
-refused = functools.cache(REFUSED.labels)
+
+
+@functools.cache
+def refused(reason: RefusalReason) -> Counter:
+    return REFUSED.labels(reason)
 
 
 def routes_of(app: FastAPI) -> Iterator[tuple[str, str]]:
@@ -192,6 +209,8 @@ def count_from_zero(app: FastAPI) -> None:
         timed(method, route)
         sized(route)
         in_progress(method).set(0)
+    for reason in get_args(RefusalReason):
+        refused(reason)
 
 
 class RequestMetrics:
@@ -223,7 +242,7 @@ class RequestMetrics:
     def answered(self, method: str, route: str, status: int) -> None:
         answered(method, route, status).count_one()
 
-    def refused(self, reason: str) -> None:
+    def refused(self, reason: RefusalReason) -> None:
         refused(reason).inc()
 
     def finished(
