@@ -553,12 +553,10 @@ def recycling_section(args: argparse.Namespace) -> dict[str, object]:
 
 @contextmanager
 def items_table(rows: int = 1000) -> Iterator[dict[str, str]]:
-    """A schema of its own with `rows` items, until the block ends; yields the service's
-    environment for it."""
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    database = {"DATABASE_URL": POSTGRES_URL, "DATABASE_SCHEMA": schema}
-    postgres(f"await c.execute('CREATE SCHEMA {schema}')")
-    try:
+    """A PostgreSQL of the benchmark's own (`own_postgres`), migrated, with `rows` items,
+    until the block ends; yields the service's environment for it."""
+    with own_postgres() as url:
+        database = {"DATABASE_URL": url}
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"],
             cwd=PROJECT,
@@ -566,14 +564,13 @@ def items_table(rows: int = 1000) -> Iterator[dict[str, str]]:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        postgres(
-            f'await c.execute("INSERT INTO {schema}.items (name, description, price_cents, '
-            "created_at, updated_at) SELECT 'item ' || n, 'a bench item', n, now(), now() "
-            f'FROM generate_series(1, {rows}) AS n")'
+        sql(
+            url,
+            "INSERT INTO items (name, description, price_cents, created_at, updated_at) "
+            "SELECT 'item ' || n, 'a bench item', n, now(), now() "
+            f"FROM generate_series(1, {rows}) AS n",
         )
         yield database
-    finally:
-        postgres(f"await c.execute('DROP SCHEMA {schema} CASCADE')")
 
 
 OVERLOAD_SECONDS = 10
@@ -918,21 +915,8 @@ def counting(url: str, into: Counted) -> Iterator[None]:
 def database_section(args: argparse.Namespace) -> dict[str, object]:
     server_cpus, load_cpus = split_cpus()
     cpus = len(server_cpus.split(",")) if server_cpus else os.cpu_count() or 1
-    with own_postgres() as url:
-        database = {"DATABASE_URL": url}
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=PROJECT,
-            env={**ENV, **database},
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        sql(
-            url,
-            "INSERT INTO items (name, description, price_cents, created_at, updated_at) "
-            "SELECT 'item ' || n, 'a bench item', n, now(), now() "
-            "FROM generate_series(1, 1000) AS n",
-        )
+    with items_table() as database:
+        url = database["DATABASE_URL"]
         script = RESULTS / "random_item.lua"
         script.write_text(
             "request = function()\n"
