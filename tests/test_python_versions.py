@@ -3,6 +3,7 @@ that interpreter (found with pyenv or uv; missing in CI, a failure); and the bak
 makes its environment with the Python it is told to use, and only that one."""
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -88,3 +89,34 @@ def test_make_builds_the_environment_again_only_when_another_python_made_it(
     assert f"was made by Python {PYTHON_VERSIONS[0]}" in again
     assert (venv / "bin" / f"python{PYTHON_VERSIONS[1]}").exists()
     assert "was made by" not in same
+
+
+def test_make_installs_into_a_venv_uv_made_without_uv_on_its_path(
+    websocket_bake: Path, tmp_path: Path
+) -> None:
+    """A venv made by uv has no pip (python3 dev.py serve makes its bake's so): make, run
+    where no uv is on PATH, gives it pip to install uv with, rather than failing."""
+    python = require_python(PYTHON_VERSIONS[0])
+    venv = tmp_path / "venv"
+    subprocess.run(["uv", "venv", "--quiet", "--python", python, str(venv)], check=True)
+    no_uv = tmp_path / "bin"
+    no_uv.mkdir()
+    for tool in ("make", "sh", "cut", "rm", "touch", "ls", "cat", "dirname", "uname"):
+        found = shutil.which(tool)
+        if found:
+            (no_uv / tool).symlink_to(found)
+    env = {**os.environ, "PATH": str(no_uv)}  # the package index's settings kept
+    env.pop("VIRTUAL_ENV", None)
+
+    result = subprocess.run(
+        ["make", "install", f"VENV={venv}", f"PYTHON={python}"],
+        cwd=websocket_bake,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (venv / "bin" / "uv").exists()
+    assert (venv / "bin" / "gunicorn").exists()
