@@ -150,8 +150,11 @@ class Project:
         )
 
     def make(self, target: str, **env: str) -> subprocess.CompletedProcess[str]:
-        # Every target installs first if it must; that step is one bake at a time.
+        # Every target installs first; that step is one bake at a time. The environment is
+        # shared by several bakes, and its stamp (.installed) by them all: one made after
+        # another bake's install would look installed, its own dependencies missing.
         with exclusively(self.venv):
+            (self.venv / ".installed").unlink(missing_ok=True)
             installed = self._make("install", **env)
         return installed if target == "install" else self._make(target, **env)
 
