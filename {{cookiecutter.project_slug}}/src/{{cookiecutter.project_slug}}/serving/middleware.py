@@ -110,7 +110,7 @@ def _request_id_and_length(scope: Scope) -> tuple[str, int]:
     value: bytes
     for name, value in scope["headers"]:
         if name == b"content-length":
-            length = int(value) if value.isdigit() else 0
+            length = _length(value)
         elif name == b"x-request-id" and rid is None and _SAFE_ID.fullmatch(value):
             rid = value.decode()
     return rid or f"{_id_prefix}{next(_id_counter):x}", length
@@ -119,8 +119,13 @@ def _request_id_and_length(scope: Scope) -> tuple[str, int]:
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
     for name, value in headers:
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
+            return _length(value)
     return 0
+
+
+def _length(value: bytes) -> int:
+    """A Content-Length's bytes, or 0 for one that is not a plain number."""
+    return int(value) if value.isdigit() else 0
 
 
 # New request ids: 32 hex digits, a random prefix per process and a counter. Unique, and
