@@ -1212,7 +1212,7 @@ def report(results: dict[str, object]) -> dict[str, str]:
             f"of {few:,}) / {many - few:,}, so imports and start-up cancel out. No server: "
             "the app is called with ASGI messages directly, one request a turn of the event "
             "loop, so each request pays in full for what the stack writes once a turn (the "
-            "access lines, the durations, the in-progress gauge); under load a turn finishes "
+            "access lines, the answer counts); under load a turn finishes "
             "dozens of requests, which share those writes.",
             "",
             "| configuration | instructions a request | vs bare FastAPI |",

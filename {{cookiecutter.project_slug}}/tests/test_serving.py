@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,8 +181,10 @@ def test_requests_that_wait_behind_others_in_a_real_worker_are_shed_with_a_503(
     tmp_path: Path, server_environment: dict[str, str]
 ) -> None:
     """Pipelined on one connection, each request waits for those before it: the worker
-    stamps every head as it reads them all at once, and sheds those that waited too long."""
-    count = 400
+    stamps every head as it reads them all at once, and sheds those that waited too long.
+    Enough requests that answering them all takes well over MAX_REQUEST_WAIT on any machine
+    (about 0.1 ms each on a fast one), sent from a thread while the answers are read."""
+    count = 3000
     environment = {"MAX_REQUEST_WAIT": "0.05", **server_environment}
     with gunicorn(tmp_path, environment, workers=1) as server:
         request = b"GET /no-such-page HTTP/1.1\r\nhost: a\r\n\r\n"
@@ -193,8 +196,10 @@ def test_requests_that_wait_behind_others_in_a_real_worker_are_shed_with_a_503(
             # be accepted, which is another test's.
             connection.sendall(b"GET /health/live HTTP/1.1\r\nhost: a\r\n\r\n")
             assert statuses_and_retry(answers) == (200, None)
-            connection.sendall(request * count)
+            sending = threading.Thread(target=connection.sendall, args=(request * count,))
+            sending.start()
             statuses = [statuses_and_retry(answers) for _ in range(count)]
+            sending.join()
 
     # The worker reads what the client sent in a few batches, each stamped as it is read:
     # the first of each waits for nothing, the last of a batch for all before it.

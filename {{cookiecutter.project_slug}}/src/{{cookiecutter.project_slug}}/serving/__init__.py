@@ -8,7 +8,7 @@ count), old workers stay through a reload until the new ones serve, request head
 limited and timed and stamped with when they reached the worker, and the heap is frozen
 once the app has started. Around the app, middleware.py gives every request an id, counts
 it (metrics.py: Prometheus, summed over all the workers) and logs it (logs.py: JSON lines),
-writing both once per turn of the event loop (turns.py); it also sheds load: a request
+writing both once for many requests (turns.py); it also sheds load: a request
 that waited too long for the worker, or past its limit in flight.
 
 Private APIs this relies on
@@ -80,14 +80,11 @@ Gunicorn (the worker, and gunicorn.conf.py's hooks).
   with its jitter drawn). Break: tests/test_serving.py.
 
 prometheus_client (metrics.py).
-- A labelled counter's `_value`, incremented directly on every answer
-  (`Answers.count_one`). Breaks: tests/test_metrics.py, and every test that sends a
-  request through the middleware (tests/test_serving.py included).
 - A histogram's `_upper_bounds`, `_buckets` and `_sum`, written once for a turn's
   observations (`Durations.observe_all`).
   Breaks: tests/test_metrics.py::test_many_observations_at_once_are_the_same_as_one_by_one.
 - A summary's `_count` and `_sum`, written once for a turn's sizes (`Sizes.observe_total`).
-  Breaks: tests/test_metrics.py::test_sizes_and_the_fine_latency_are_written_as_the_turn_ends.
+  Breaks: tests/test_metrics.py::test_sizes_and_the_fine_latency_are_written_a_moment_later.
 
 FastAPI (metrics.py).
 - The `effective_route_contexts()` of the routers `include_router` adds to `app.routes`,

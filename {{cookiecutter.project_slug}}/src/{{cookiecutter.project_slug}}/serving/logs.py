@@ -83,16 +83,18 @@ class AccessLog:
     """One line per answered request, shaped as JsonFormatter's lines, written to stdout.
 
     The busiest log there is, so it bypasses `logging`: a record, a handler's lock, the
-    formatter and a flush per line were most of what observing a request cost; a turn's
-    lines share their writes. The `access` logger stays its switch: LOG_LEVEL above info,
-    or disabling that logger, turns it off. Call it from the event loop only.
+    formatter and a flush per line were most of what observing a request cost. A turn's
+    lines are formatted and written together as the turn ends, and carry that moment as
+    their time (a turn lasts a millisecond or so). The `access` logger stays its switch:
+    LOG_LEVEL above info, or disabling that logger, turns it off. Call it from the event
+    loop only.
     """
 
     def __init__(self) -> None:
         self.logger = logging.getLogger("access")
         self._line = _access_line(os.getpid())
         os.register_at_fork(after_in_child=self._forked)
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, str, str, int, float, str | None, str | None]] = []
         self._turn = EndOfTurn(self.flush)
 
     def write(
@@ -101,12 +103,17 @@ class AccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         self._turn.schedule()
-        self._pending.append(
+        self._pending.append((method, path, route, status, seconds, client, request_id.get()))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        now = _timestamp(time.time())
+        lines = [
             self._line
             % (
-                _timestamp(time.time()),
+                now,
                 _quote(f"{method} {path} {status}"),
-                request_id.get(),
+                rid,
                 _quote(method),
                 _quote(path),
                 _quote(route),
@@ -114,10 +121,8 @@ class AccessLog:
                 seconds * 1000,
                 "null" if client is None else _quote(client),
             )
-        )
-
-    def flush(self) -> None:
-        lines, self._pending = self._pending, []
+            for method, path, route, status, seconds, client, rid in pending
+        ]
         # Whole lines, at most PIPE_BUF bytes a write (the lines are ASCII): such a write to
         # a pipe is atomic, so no other process's line lands inside one and no signal cuts
         # one short, which with PYTHONUNBUFFERED would lose the rest of it.

@@ -51,17 +51,6 @@ class Durations(Histogram):
         self._sum.inc(sum(amounts))
 
 
-class Answers(Counter):
-    """A Counter whose labelled series can also count one answer with a single call."""
-
-    def count_one(self) -> None:
-        """inc() on a labelled series (not on the metric itself), without its three calls
-        that check the labels and the amount: it runs on every request. It uses
-        prometheus_client's `_value`, which every series has; tests/test_metrics.py fails
-        if a release renames it."""
-        self._value.inc(1)
-
-
 class Sizes(Summary):
     """A Summary that also takes many observations at once, as Durations does."""
 
@@ -75,7 +64,7 @@ class Sizes(Summary):
 
 # The names, labels and status classes of prometheus-fastapi-instrumentator's default
 # metrics, so that dashboards and alerts built for it work here (README.md, "Metrics").
-REQUESTS = Answers(
+REQUESTS = Counter(
     "http_requests_total",
     "Total number of requests by method, status and handler.",
     ["method", "status", "handler"],
@@ -156,7 +145,7 @@ def _handler(route: str) -> str:
 # a measurable share of a fast request's time. Routes, methods and statuses are few, so
 # are these. A status is grouped into its class (404 -> "4xx") once, here.
 @functools.cache
-def answered(method: str, route: str, status: int) -> Answers:
+def answered(method: str, route: str, status: int) -> Counter:
     return REQUESTS.labels(method, f"{status // 100}xx", _handler(route))
 
 
@@ -213,34 +202,45 @@ def count_from_zero(app: FastAPI) -> None:
         refused(reason)
 
 
+# Seconds between two writes of the durations, sizes and in-progress gauge of a busy worker.
+WRITE_EVERY = 0.1
+
+
 class RequestMetrics:
     """What the middleware records of each request, in one worker.
 
-    An answer is counted by itself, as it starts: a client never holds an uncounted answer,
-    even from a worker killed the next instant. The durations, sizes and the in-progress
-    gauge are written once a turn of the event loop (turns.py): in multiprocess mode every
-    write locks and writes a memory-mapped file, and per request those writes were over half
-    of what observing a request cost. A scrape sees the gauge as the last turn left it; a
-    worker killed mid-turn loses that turn's durations and sizes, as it loses its access
-    lines. Call it from the event loop only.
+    In multiprocess mode every write locks and writes a memory-mapped file; per request,
+    those writes were a measurable share of what observing a request cost. So the answers
+    are counted as the turn of the event loop that started them ends (turns.py), once per
+    series for all of that turn's answers, and the durations, sizes and in-progress gauge
+    are written at most every WRITE_EVERY seconds. A scrape sees the latter as they were up
+    to WRITE_EVERY ago (a scrape interval is seconds). A worker that exits counts and writes
+    everything first; one killed with SIGKILL loses the counts of its last turn, as it loses
+    that turn's access lines, and the durations and sizes of that last moment. Call it from
+    the event loop only.
     """
 
     def __init__(self) -> None:
         self._running: collections.Counter[str] = collections.Counter()  # method -> requests
-        self._in_gauge: dict[str, int] = {}  # method -> what the gauge was last set to
-        self._durations: collections.defaultdict[tuple[str, str], list[float]] = (
-            collections.defaultdict(list)  # (method, route) -> seconds
-        )
-        # route -> [answers, request bytes, response bytes]
-        self._sizes: collections.defaultdict[str, list[int]] = collections.defaultdict(_no_sizes)
-        self._turn = EndOfTurn(self.flush)
+        # (method, route, seconds, request bytes, response bytes) of each finished request
+        self._finished: list[tuple[str, str, float, int, int]] = []
+        self._turn = EndOfTurn(self.flush, after=WRITE_EVERY)
+        # (method, route, status) -> answers started this turn
+        self._answered: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        self._answers_turn = EndOfTurn(self.count_answers)
 
     def started(self, method: str) -> None:
         self._running[method] += 1
-        self._turn.schedule()
+        self._turn.schedule()  # and flush() again while any request runs: see there
 
     def answered(self, method: str, route: str, status: int) -> None:
-        answered(method, route, status).count_one()
+        self._answered[method, route, status] += 1
+        self._answers_turn.schedule()
+
+    def count_answers(self) -> None:
+        answers, self._answered = self._answered, collections.Counter()
+        for (method, route, code), count in answers.items():
+            answered(method, route, code).inc(count)
 
     def refused(self, reason: RefusalReason) -> None:
         refused(reason).inc()
@@ -250,26 +250,26 @@ class RequestMetrics:
     ) -> None:
         """`received` and `sent`: the request's and the response's Content-Length, or 0."""
         self._running[method] -= 1
-        self._durations[method, route].append(seconds)
-        sizes = self._sizes[route]
-        sizes[0] += 1
-        sizes[1] += received
-        sizes[2] += sent
-        self._turn.schedule()
+        self._finished.append((method, route, seconds, received, sent))
 
     def flush(self) -> None:
         for method, running in self._running.items():
-            if self._in_gauge.get(method) != running:
-                in_progress(method).set(running)
-                self._in_gauge[method] = running
-        durations, self._durations = self._durations, collections.defaultdict(list)
-        every = []
-        for (method, route), seconds in durations.items():
-            timed(method, route).observe_all(seconds)
-            every += seconds
-        if every:
-            highr().observe_all(every)
-        sizes, self._sizes = self._sizes, collections.defaultdict(_no_sizes)
+            in_progress(method).set(running)
+        if any(self._running.values()):
+            self._turn.schedule()  # those requests' durations are written once they finish
+        finished, self._finished = self._finished, []
+        durations: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        sizes: dict[str, list[int]] = collections.defaultdict(_no_sizes)
+        for method, route, seconds, received, sent in finished:
+            durations[method, route].append(seconds)
+            of_route = sizes[route]
+            of_route[0] += 1
+            of_route[1] += received
+            of_route[2] += sent
+        for (method, route), seconds_each in durations.items():
+            timed(method, route).observe_all(seconds_each)
+        if finished:
+            highr().observe_all([seconds for _, _, seconds, _, _ in finished])
         for route, (answers, received, sent) in sizes.items():
             request_size, response_size = sized(route)
             request_size.observe_total(answers, received)

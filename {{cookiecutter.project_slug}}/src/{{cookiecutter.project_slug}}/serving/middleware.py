@@ -60,7 +60,7 @@ class RequestObserver:
                 headers = message.get("headers", ())
                 sent = _content_length(headers)
                 message["headers"] = [*headers, (b"x-request-id", rid.encode())]
-                # Counted as the answer starts: a client never sees an uncounted response.
+                # Counted as the turn ends, with the other answers it started (metrics.py).
                 request_metrics.answered(method, route, status)
             return send(message)
 

@@ -1,8 +1,8 @@
-"""Work done once a turn of the event loop, for all the requests that turn served.
+"""Work done once for many requests: as a turn of the event loop ends, or once a while.
 
-Under load one turn of a worker's loop finishes dozens of requests. Their access lines and
-their durations are written once for all of them, as the turn ends, rather than once each:
-most of what keeps observing a request cheap.
+Under load one turn of a worker's loop finishes dozens of requests. Their access lines are
+written once for all of them, as the turn ends, and their durations once for all the turns of
+a tenth of a second, rather than once each: most of what keeps observing a request cheap.
 """
 
 import asyncio
@@ -13,11 +13,13 @@ from collections.abc import Callable
 
 class EndOfTurn:
     """Calls `flush` once as the current turn of the event loop ends, however often
-    `schedule` was called during it; and at exit, for work whose loop closed before its
-    turn ended (Gunicorn's asgi worker's may, and a test's)."""
+    `schedule` was called during it (or, with `after`, once `after` seconds after the first
+    call); and at exit, for work whose loop closed before then (Gunicorn's asgi worker's
+    may, and a test's)."""
 
-    def __init__(self, flush: Callable[[], None]) -> None:
+    def __init__(self, flush: Callable[[], None], after: float = 0) -> None:
         self._flush = flush
+        self._after = after
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         os.register_at_fork(after_in_child=self._forget)
         atexit.register(self.run)
@@ -26,7 +28,10 @@ class EndOfTurn:
         """Call from the event loop only."""
         loop = asyncio.get_running_loop()
         if self._scheduled_on is not loop:
-            loop.call_soon(self.run)
+            if self._after:
+                loop.call_later(self._after, self.run)
+            else:
+                loop.call_soon(self.run)
             self._scheduled_on = loop
 
     def run(self) -> None:
