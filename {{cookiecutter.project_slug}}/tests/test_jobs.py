@@ -6,7 +6,10 @@ Celery workers on Redis, RabbitMQ and the embedded broker.
 """
 
 import csv
+import os
 import statistics
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -21,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.jobs import csvstats, service
 from {{ cookiecutter.project_slug }}.jobs.broker import AGGREGATE_CSV
+from {{ cookiecutter.project_slug }}.jobs.metrics import remove_dead_workers_dirs
 from {{ cookiecutter.project_slug }}.jobs.models import Job, JobStatus
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.settings import Settings
@@ -317,3 +321,20 @@ async def test_the_sweep_takes_back_lost_jobs_and_leaves_live_and_waiting_ones(
 async def age(session: AsyncSession, job_id: uuid.UUID, **values: Any) -> None:
     await session.execute(update(Job).where(Job.id == job_id).values(values))
     await session.commit()
+
+
+def test_a_worker_removes_the_metrics_directories_of_dead_workers_only(tmp_path: Path) -> None:
+    prefix = "{{ cookiecutter.project_slug }}-worker-metrics-"
+    finished = subprocess.Popen([sys.executable, "-c", ""])  # its pid: a worker now gone
+    finished.wait()
+    own, dead, alive = (tmp_path / f"{prefix}{pid}" for pid in (os.getpid(), finished.pid, 1))
+    unrelated = tmp_path / "other-worker-metrics-2"
+    for directory in (dead, alive, unrelated):
+        directory.mkdir()
+
+    remove_dead_workers_dirs(tmp_path / "set-by-hand")  # not named by this project: no-op
+    kept_for_a_hand_set_dir = dead.exists()
+    remove_dead_workers_dirs(own)
+
+    assert kept_for_a_hand_set_dir
+    assert (dead.exists(), alive.exists(), unrelated.exists()) == (False, True, True)

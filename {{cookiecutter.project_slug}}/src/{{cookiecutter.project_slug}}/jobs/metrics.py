@@ -179,6 +179,7 @@ def serve_worker_metrics(celery: Celery, node_name: str, host: str, port: int) -
     _hostname = nodesplit(node_name)[1]
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     shutil.rmtree(metrics_dir, ignore_errors=True)
+    remove_dead_workers_dirs(metrics_dir)
     metrics_dir.mkdir(parents=True)
     for name, queue in tasks_and_queues(celery):
         for counter in (RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REJECTED, SENT):
@@ -195,6 +196,29 @@ def serve_worker_metrics(celery: Celery, node_name: str, host: str, port: int) -
     except OSError as error:
         # The worker's job is the jobs: it runs on without its metrics rather than not at all.
         logger.error("worker metrics not served on %s:%s: %s", host, port, error)
+
+
+def remove_dead_workers_dirs(metrics_dir: Path) -> None:
+    """Remove the directories that workers on this host killed with SIGKILL could not: those
+    named as celery_app.py names this one (`<project>-worker-metrics-<pid>`) whose process is
+    gone. A directory of its own (PROMETHEUS_MULTIPROC_DIR set by hand) is left to its owner."""
+    prefix = "{{ cookiecutter.project_slug }}-worker-metrics-"
+    if metrics_dir.name != f"{prefix}{os.getpid()}":
+        return
+    for other in metrics_dir.parent.glob(f"{prefix}*"):
+        pid = other.name.removeprefix(prefix)
+        if other != metrics_dir and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 @signals.worker_process_init.connect
