@@ -143,20 +143,28 @@ def common_traffic(clients: Clients) -> None:
     assert clients.send("GET", "/no/such/path", "none").status_code == 404
 
 
-def flushed(server: Server) -> bool:
-    """Whether every answer's duration is in the metrics: durations are written as the
-    turn that answered ends, which a client does not wait for, and a worker killed before
-    that turn ends loses them."""
+def answered_and_timed(server: Server) -> tuple[float, float]:
+    """The answers the service counted and the durations it wrote, /metrics's own aside."""
     metrics = httpx.get(server.metrics_url, timeout=30).text
     totals = []
     for metric in ("http_requests_total", "http_request_duration_seconds_count"):
         found = re.findall(rf"^{metric}\{{([^}}]*)\}} (\S+)$", metrics, re.MULTILINE)
         totals.append(sum(float(n) for labels, n in found if 'handler="/metrics"' not in labels))
-    return totals[0] == totals[1]
+    return totals[0], totals[1]
+
+
+def flushed(server: Server) -> bool:
+    """Whether every answer and its duration are in the metrics. A worker counts an answer
+    as the turn that sent it ends, and writes its duration up to WRITE_EVERY (0.1 s) later: a
+    client can hold an answer neither counts yet, and equal totals can be equally behind. So
+    the totals must also stay the same over twice that interval."""
+    first = answered_and_timed(server)
+    time.sleep(0.2)
+    return first[0] == first[1] and answered_and_timed(server) == first
 
 
 def kill_a_worker(server: Server) -> None:
-    wait_until(lambda: flushed(server), "the durations of every answer to be written")
+    wait_until(lambda: flushed(server), "every answer and its duration counted")
     victim = min(server.workers())
     os.kill(victim, signal.SIGKILL)
     wait_until(
@@ -405,7 +413,7 @@ def test_prometheus_reads_every_panel_and_alert_and_counts_every_answer(
             )
             outcomes = Counter(finished(clients, accepted).values())
             assert clients.send("GET", f"/jobs/{uuid.uuid4()}", JOB).status_code == 404
-        wait_until(lambda: flushed(server), "the durations of every answer to be written")
+        wait_until(lambda: flushed(server), "every answer and its duration counted")
         if workers:
             # A job's task is counted after its outcome is stored; its runtime last of all.
             runtimes = f'sum(celery_task_runtime_count{{instance="{workers[0]}"}})'
@@ -445,6 +453,9 @@ def test_prometheus_reads_every_panel_and_alert_and_counts_every_answer(
             )
             assert sent == tasks
             assert prometheus.value(f'sum(celery_worker_up{{job="{job}"}})') == 1
+        for target in (api, *workers):  # rate() over RATE_INTERVAL needs two recent samples
+            prometheus.scraped(target)
+            prometheus.scraped(target)
         check_dashboard_and_alerts(prometheus, project, job)
 
         if "jobs" in features:
