@@ -200,14 +200,14 @@ def serve_worker_metrics(celery: Celery, node_name: str, host: str, port: int) -
 
 def remove_dead_workers_dirs(metrics_dir: Path) -> None:
     """Remove the directories that workers on this host killed with SIGKILL could not: those
-    named as celery_app.py names this one (`<project>-worker-metrics-<pid>`) whose process is
-    gone. A directory of its own (PROMETHEUS_MULTIPROC_DIR set by hand) is left to its owner."""
-    prefix = "{{ cookiecutter.project_slug }}-worker-metrics-"
-    if metrics_dir.name != f"{prefix}{os.getpid()}":
+    named as celery_app.py names this one (`<name>-<pid>`, the pid this process's) whose
+    process is gone. A directory set by hand (PROMETHEUS_MULTIPROC_DIR) is left to its owner."""
+    stem, _, pid = metrics_dir.name.rpartition("-")
+    if pid != str(os.getpid()):
         return
-    for other in metrics_dir.parent.glob(f"{prefix}*"):
-        pid = other.name.removeprefix(prefix)
-        if other != metrics_dir and pid.isdigit() and not _alive(int(pid)):
+    for other in metrics_dir.parent.glob(f"{stem}-*"):
+        other_pid = other.name.removeprefix(f"{stem}-")
+        if other != metrics_dir and other_pid.isdigit() and not _alive(int(other_pid)):
             shutil.rmtree(other, ignore_errors=True)
 
 
@@ -217,7 +217,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process
+        pass  # another user's process
     return True
 
 

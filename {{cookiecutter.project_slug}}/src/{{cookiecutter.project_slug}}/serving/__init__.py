@@ -80,10 +80,10 @@ Gunicorn (the worker, and gunicorn.conf.py's hooks).
   with its jitter drawn). Break: tests/test_serving.py.
 
 prometheus_client (metrics.py).
-- A histogram's `_upper_bounds`, `_buckets` and `_sum`, written once for a turn's
+- A histogram's `_upper_bounds`, `_buckets` and `_sum`, written once for many
   observations (`Durations.observe_all`).
   Breaks: tests/test_metrics.py::test_many_observations_at_once_are_the_same_as_one_by_one.
-- A summary's `_count` and `_sum`, written once for a turn's sizes (`Sizes.observe_total`).
+- A summary's `_count` and `_sum`, written once for many sizes (`Sizes.observe_total`).
   Breaks: tests/test_metrics.py::test_sizes_and_the_fine_latency_are_written_a_moment_later.
 
 FastAPI (metrics.py).
