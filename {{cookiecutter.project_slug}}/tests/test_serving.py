@@ -27,9 +27,18 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from {{ cookiecutter.project_slug }}.main import create_app
+from {{ cookiecutter.project_slug }}.serving.admission import FLOOR, Admission
 from {{ cookiecutter.project_slug }}.settings import Settings
 
-from .gunicorn_server import Gunicorn, Load, gunicorn, keep_alive_load, read_answer, wait_until
+from .gunicorn_server import (
+    Gunicorn,
+    Load,
+    free_port,
+    gunicorn,
+    keep_alive_load,
+    read_answer,
+    wait_until,
+)
 
 CLIENTS = 4
 # Seconds each client waits between an answer and its next request: its connection is then
@@ -177,6 +186,47 @@ async def test_a_request_that_waited_too_long_gets_a_fast_503_and_never_reaches_
     assert reached == ["work"]
 
 
+def test_the_limit_in_flight_follows_how_long_requests_wait_for_the_event_loop() -> None:
+    admission = Admission(most=100, target=0.005, interval=0.1, hold=0.02, shed=print, answer=b"")
+    assert all(admission.admit() for _ in range(50))
+    admission.waited(0.0, now=1.0)  # the first look starts an interval
+
+    # Every request of an interval late: saturated, at 201 requests in 0.1 s, which hold
+    # 2,010 a second x 0.02 s = 40.2 requests in flight.
+    for n in range(200):
+        admission.waited(0.02, now=1.0 + n * 0.0005)
+    assert admission.limit == 100, "judged once the interval is over"
+    admission.waited(0.02, now=1.1)
+    assert admission.limit == pytest.approx(40.2, rel=1e-3)
+    assert not admission.admit(), "50 in flight, past the limit"
+    for _ in range(10):
+        admission.done()
+    assert admission.admit(), "40 in flight, under it"
+    assert not admission.admit()
+
+    # An interval with only a few late requests is a stall, not saturation: the limit grows.
+    for now in (1.15, 1.16, 1.17):
+        admission.waited(0.05, now=now)
+    admission.waited(0.0, now=1.25)
+    assert admission.limit == pytest.approx(40.2 * 1.1 + 1, rel=1e-3)
+
+    # Saturated at a few requests a second: never under the floor.
+    for n in range(10):
+        admission.waited(0.05, now=1.26 + n * 0.01)
+    admission.waited(0.05, now=1.4)
+    assert admission.limit == FLOOR
+
+    for n in range(40):  # prompt intervals: back up to, and never past, the most
+        admission.waited(0.0, now=1.6 + n * 0.2)
+    assert admission.limit == 100
+
+
+def test_without_a_target_the_limit_in_flight_stays_where_it_is_set() -> None:
+    admission = Admission(most=2, target=0, interval=0, hold=0, shed=print, answer=b"")
+    admission.waited(10.0, now=1.0)
+    assert (admission.admit(), admission.admit(), admission.admit()) == (True, True, False)
+
+
 def test_requests_that_wait_behind_others_in_a_real_worker_are_shed_with_a_503(
     tmp_path: Path, server_environment: dict[str, str]
 ) -> None:
@@ -229,6 +279,71 @@ def test_a_request_that_waited_in_the_listen_backlog_is_shed_with_a_503(
 
     assert late == (503, "1")
     assert prompt == 404
+
+
+def test_past_its_limit_in_flight_a_real_worker_answers_503_itself_and_keeps_the_connection(
+    tmp_path: Path, server_environment: dict[str, str], settings: Settings
+) -> None:
+    """One request in flight at most: while a request whose body is still coming holds that
+    place, every other one gets a 503 with Retry-After from the worker's protocol, on a
+    connection that stays open, without being routed (counted with no route); health
+    checks still answer; and once the held request is answered, requests are served again."""
+    paths = create_app(settings).openapi()["paths"]
+    post = next(path for path, operations in paths.items() if "post" in operations)
+    path = re.sub(r"{[^}]+}", "x", post).encode()
+    metrics_port = free_port()
+    environment = {
+        "MAX_CONCURRENT_REQUESTS": "1",
+        "MAX_REQUEST_WAIT": "0",  # a limit that stays where it is set
+        "METRICS_PORT": str(metrics_port),
+        **server_environment,
+    }
+    other = b"GET /no-such-page HTTP/1.1\r\nhost: a\r\n\r\n"
+    with (
+        gunicorn(tmp_path, environment, workers=1) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as held,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection,
+        connection.makefile("rb") as answers,
+    ):
+        held.sendall(
+            b"POST %s HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\n"
+            b"content-length: 2\r\n\r\n{" % path
+        )
+
+        def shed() -> bool:
+            connection.sendall(other)
+            return statuses_and_retry(answers) == (503, "1")
+
+        wait_until(shed, "a request past the limit in flight is shed")
+        statuses = []
+        whole_post = b"POST %s HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}" % path
+        for request in (other, whole_post):
+            connection.sendall(request)
+            statuses.append(statuses_and_retry(answers))
+        connection.sendall(b"GET /health/live HTTP/1.1\r\nhost: a\r\n\r\n")
+        live = statuses_and_retry(answers)[0]
+        held.sendall(b"}")
+        with held.makefile("rb") as held_answer:
+            held_status = statuses_and_retry(held_answer)[0]
+        connection.sendall(other)
+        after = statuses_and_retry(answers)[0]
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+
+    assert statuses == [(503, "1"), (503, "1")], "shed on the same open connection"
+    assert live == 200, "health checks are never shed"
+    assert held_status != 503
+    assert after == 404, "the place in flight is free again once the held request is answered"
+    refused = re.search(r'http_requests_refused_total{reason="overloaded"} (\S+)', metrics)
+    never_routed = sum(
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith("http_requests_total{")
+        and 'handler="none"' in line  # no route matched: the app never saw it
+        and 'status="5xx"' in line
+    )
+    assert refused
+    assert float(refused[1]) >= 3
+    assert never_routed == float(refused[1]), "each shed request counted, none routed"
 
 
 def statuses_and_retry(answers: BinaryIO) -> tuple[int, str | None]:

@@ -71,6 +71,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from ..settings import get_settings
+from .admission import ADMISSION, NEVER_SHED, Admission
 
 if TYPE_CHECKING:  # imported for its type alone: see count_refused
     from .metrics import RefusalReason
@@ -118,6 +119,19 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+class _Shed:
+    """Stands for the request-response cycle of a request the protocol answered 503 itself:
+    already complete, so Uvicorn's parser callbacks drop its body."""
+
+    response_complete = True
+    waiting_for_100_continue = False
+    keep_alive = True
+
+
+SHED = _Shed()
+NEVER_SHED_RAW = tuple(path.encode() for path in NEVER_SHED)
 
 
 class ServingProtocol(HttpToolsProtocol):
@@ -201,12 +215,53 @@ class ServingProtocol(HttpToolsProtocol):
         read_at = self.loop.time()
         if self.requests_begun == 1:  # a new connection's: it may have waited to be accepted
             read_at -= self.waited_in_kernel()
-        self.scope["extensions"] = {"head_read_at": read_at}  # type: ignore[dict-item]
+        extensions: dict[str, object] = {"head_read_at": read_at}
+        self.scope["extensions"] = extensions  # type: ignore[typeddict-item]
+        admission: Admission | None = self.app_state.get(ADMISSION)
+        if admission is not None and not self.url.startswith(NEVER_SHED_RAW):
+            if admission.admit():
+                extensions["admitted"] = True  # the middleware counts it out when answered
+            elif self.may_answer_now():
+                self.shed(admission)
+                return
+            # else the middleware sheds it, at the cost of a task
         super().on_headers_complete()
         self.head_began, self.head_bytes = None, 0
         self.reading_body, self.body_bytes, self.body_checked = True, 0, None
         if self.draining:
             self.cycle.keep_alive = False  # answer with Connection: close, then close
+
+    def may_answer_now(self) -> bool:
+        """Whether a 503 may go out now, on a connection that stays open: no answer before
+        it still to come (pipelining), and the client neither closes nor waits for a 100
+        Continue (it may never send the body, which the connection would wait for)."""
+        return (
+            (self.cycle is None or self.cycle.response_complete)
+            and self.parser.should_keep_alive()
+            and not self.expect_100_continue
+            and not self.parser.should_upgrade()
+        )
+
+    def shed(self, admission: Admission) -> None:
+        """Answer 503 with Retry-After without creating the request's task or its scope's
+        route: turning a request away costs a small share of answering it. A body that
+        follows is read and dropped."""
+        admission.shed(self.parser.get_method().decode())
+        self.transport.write(admission.answer)
+        self.cycle = SHED  # type: ignore[assignment]
+        self.head_began, self.head_bytes = None, 0
+        self.reading_body, self.body_bytes, self.body_checked = True, 0, None
+        self.on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Pipelined requests taken on but never started are no longer in flight.
+        admission: Admission | None = self.app_state.get(ADMISSION)
+        if admission is not None:
+            for cycle, _ in self.pipeline:
+                if cycle.scope.get("extensions", {}).get("admitted"):
+                    admission.done()
+            self.pipeline.clear()
+        super().connection_lost(exc)
 
     def waited_in_kernel(self) -> float:
         """Seconds since the kernel received the last of this connection's data: a new

@@ -107,7 +107,7 @@ REFUSED = Counter(
 )
 # Every reason the server refuses for: each series exists from a worker's start.
 RefusalReason = Literal[
-    "overloaded",  # past max_request_wait or max_concurrent_requests: 503 (middleware.py)
+    "overloaded",  # past the worker's limit in flight or max_request_wait: 503 (admission.py)
     "draining",  # a WebSocket opened while the worker stops: 503
     "line_too_long",  # 414
     "too_many_headers",  # 431
@@ -228,6 +228,7 @@ class RequestMetrics:
         # (method, route, status) -> answers started this turn
         self._answered: collections.Counter[tuple[str, str, int]] = collections.Counter()
         self._answers_turn = EndOfTurn(self.count_answers)
+        self._shed = 0  # requests shed this turn
 
     def started(self, method: str) -> None:
         self._running[method] += 1
@@ -241,9 +242,18 @@ class RequestMetrics:
         answers, self._answered = self._answered, collections.Counter()
         for (method, route, code), count in answers.items():
             answered(method, route, code).inc(count)
+        if self._shed:
+            refused("overloaded").inc(self._shed)
+            self._shed = 0
 
-    def refused(self, reason: RefusalReason) -> None:
-        refused(reason).inc()
+    def shed(self, method: str) -> None:
+        """A request answered 503 before the app saw it (admission.py): counted with the
+        answers (its route unknown: "unmatched") and as refused, timed as taking no time."""
+        self._answered[method, "unmatched", 503] += 1
+        self._shed += 1
+        self._answers_turn.schedule()
+        self._finished.append((method, "unmatched", 0.0, 0, 0))
+        self._turn.schedule()
 
     def finished(
         self, method: str, route: str, seconds: float, received: int = 0, sent: int = 0

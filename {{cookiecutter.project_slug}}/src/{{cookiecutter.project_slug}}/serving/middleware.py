@@ -5,16 +5,20 @@ buffering, so the whole stack costs little of the bare endpoint's throughput.
 """
 
 import itertools
+import logging
 import os
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Iterable
+from http import HTTPStatus
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import unavailable
+from ..errors import Throttled, unavailable
+from .admission import ADMISSION, NEVER_SHED, Admission
 from .logs import AccessLog, request_id
 from .metrics import RequestMetrics
 
@@ -26,25 +30,50 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestObserver:
-    """Counts and logs every request, and sheds at once with a 503 those that waited in the
-    worker longer than `max_wait` seconds before the app saw them (0: none), or are past
-    `max_in_flight`: a worker that took them on would answer all of them late. Health
-    checks and metrics are never shed: an instance at capacity must not look dead, and its
-    metrics are what shows it at capacity. WebSockets are neither counted nor shed: one
-    lives for hours, and would count against every HTTP request meanwhile."""
+    """Counts and logs every request, and sheds load: a request past the worker's limit in
+    flight (admission.py), or one that waited in the worker longer than `max_wait` seconds
+    before the app saw it (0: none), gets a 503 with Retry-After at once, never reaching
+    the app: a worker that took them on would answer all of them late. The project's
+    worker turns most of them away before they reach this middleware, which is cheaper
+    still (gunicorn_worker.py); it finds the admission in the lifespan's state, which the
+    server shares with its connections. Health checks and metrics are never shed.
+    WebSockets are neither counted nor shed: one lives for hours, and would count against
+    every HTTP request meanwhile. Shed requests are counted (metrics.py) and logged in one
+    line per ten seconds, not a line each: a worker past capacity must not spend itself
+    writing them."""
 
     def __init__(self, app: ASGIApp, max_in_flight: int, max_wait: float = 0) -> None:
         self.app = app
-        self.max_in_flight = max_in_flight
         self.max_wait = max_wait
-        self.in_flight = 0
+        # Loop waits over a twentieth of max_wait are late, looked at once per max_wait (as
+        # CoDel's 5 ms target in its 100 ms interval); a saturated worker holds what it
+        # answers in a fifth of max_wait (docs/decisions.md, "Shedding").
+        self.admission = Admission(
+            most=max_in_flight,
+            target=max_wait / 20,
+            interval=max_wait,
+            hold=max_wait / 5,
+            shed=_count_shed,
+            answer=_raw(_OVERLOADED),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and "state" in scope:
+                scope["state"][ADMISSION] = self.admission
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         method = scope["method"]
+        counted = self._admitted(scope)
+        if counted is False or (counted and self._too_late(scope)):
+            try:
+                request_metrics.shed(method)
+                await _OVERLOADED(scope, receive, send)
+            finally:
+                if counted:
+                    self.admission.done()
+            return
         rid, received = _request_id_and_length(scope)
         token = request_id.set(rid)
         status = 0  # until the answer starts
@@ -65,19 +94,11 @@ class RequestObserver:
             return send(message)
 
         request_metrics.started(method)
-        overloaded = self.in_flight >= self.max_in_flight or (
-            self.max_wait and _waited(scope) > self.max_wait
-        )
-        shed = overloaded and not scope["path"].startswith(NEVER_SHED)
-        self.in_flight += 1
         try:
-            if shed:
-                request_metrics.refused("overloaded")
-                await _OVERLOADED(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
-            self.in_flight -= 1
+            if counted:
+                self.admission.done()
             elapsed = time.perf_counter() - started
             if not status:  # the app raised (or returned) before answering: the server says 500
                 status, route = 500, _route(scope)
@@ -89,17 +110,48 @@ class RequestObserver:
             )
             request_id.reset(token)
 
+    def _admitted(self, scope: Scope) -> bool | None:
+        """True: taken on, and counted in flight (by the worker's protocol, or here under
+        another server); False: to be shed; None: never shed, not counted."""
+        if scope["path"].startswith(NEVER_SHED):
+            return None
+        if scope.get("extensions", {}).get("admitted"):
+            return True
+        return self.admission.admit()
 
-NEVER_SHED = ("/health/", "/metrics")
+    def _too_late(self, scope: Scope) -> bool:
+        """Feed the request's wait to the limit; whether it waited past `max_wait`."""
+        now = time.monotonic()
+        waited = _waited(scope, now)
+        self.admission.waited(waited, now)
+        return bool(self.max_wait) and waited > self.max_wait
+
+
 _OVERLOADED = unavailable("the service is at capacity; try again shortly")
 
 
-def _waited(scope: Scope) -> float:
+_shed_lines = Throttled(logging.getLogger(__name__))
+
+
+def _count_shed(method: str) -> None:
+    request_metrics.shed(method)
+    _shed_lines.warning("shed a request with a 503: this worker is past its capacity")
+
+
+def _raw(answer: Response) -> bytes:
+    """`answer` as HTTP/1.1 puts it on the wire, for a server that writes it itself."""
+    status = answer.status_code
+    head = [b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())]
+    head += [name + b": " + value for name, value in answer.raw_headers]
+    return b"\r\n".join(head) + b"\r\n\r\n" + answer.body
+
+
+def _waited(scope: Scope, now: float) -> float:
     """Seconds since the worker read the request's head, as the project's worker stamps it
     (serving/gunicorn_worker.py; 0 under another server): in a worker past capacity, its
     wait for the event loop to get to it."""
     read_at = scope.get("extensions", {}).get("head_read_at")
-    return time.monotonic() - read_at if read_at else 0.0
+    return now - read_at if read_at else 0.0
 
 
 def _request_id_and_length(scope: Scope) -> tuple[str, int]:
