@@ -629,25 +629,18 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
         print(f"overload: GET /items/<random 1..1000>, 1 worker on CPU {server_cpus}")
         for number in range(args.rounds):
             LOADS.append(os.getloadavg()[0])
-            # The capacity: closed-loop, as many connections as the other sections, no shedding.
-            with serving(servers["shedding off"], "/health/live", pinned(server_cpus), log) as (
-                url,
-                _,
-                _,
-            ):
-                wrk(f"{url}/items/1", 1, args.connections, "--script", str(script), cpus=load_cpus)
-                capacity = wrk(
-                    f"{url}/items/1",
-                    args.seconds,
-                    args.connections,
-                    "--script",
-                    str(script),
-                    cpus=load_cpus,
-                )["rate"]
-            capacities.append(capacity)
-            print(f"  round {number + 1}/{args.rounds} capacity {capacity:,.0f} req/s", flush=True)
             names = list(servers)
             for name in names[number % 2 :] + names[: number % 2]:
+                # The capacity, measured again just before each configuration's loads: the
+                # machine's speed drifts.
+                capacity = items_capacity(
+                    servers["shedding off"], script, args, (server_cpus, load_cpus), log
+                )
+                capacities.append(capacity)
+                print(
+                    f"  round {number + 1}/{args.rounds} capacity {capacity:,.0f} req/s",
+                    flush=True,
+                )
                 with serving(servers[name], "/health/live", pinned(server_cpus), log) as (
                     url,
                     _,
@@ -672,7 +665,7 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
                             "served": served,
                             "shed": shed,
                             "failed": result["failed"],
-                            "goodput": served / OVERLOAD_SECONDS,
+                            "goodput": served / result["answering_seconds"],
                             "p50_ms": result["latencies_ms"]["2xx"].get("p50", 0.0),
                             "p99_ms": result["latencies_ms"]["2xx"].get("p99", 0.0),
                             "shed_p99_ms": result["latencies_ms"]["503"].get("p99", 0.0),
@@ -696,6 +689,29 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
         "names": list(servers),
         "runs": runs,
     }
+
+
+def items_capacity(
+    server: Server,
+    script: Path,
+    args: argparse.Namespace,
+    cpus: tuple[str | None, str | None],
+    log: Path,
+) -> float:
+    """GET /items/<random> per second, closed-loop (wrk, as many connections as the other
+    sections), the server on the first CPUs and wrk on the second."""
+    server_cpus, load_cpus = cpus
+    with serving(server, "/health/live", pinned(server_cpus), log) as (url, _, _):
+        wrk(f"{url}/items/1", 1, args.connections, "--script", str(script), cpus=load_cpus)
+        found = wrk(
+            f"{url}/items/1",
+            args.seconds,
+            args.connections,
+            "--script",
+            str(script),
+            cpus=load_cpus,
+        )
+    return float(found["rate"])
 
 
 def read_probe(url: str, reset: bool = False) -> dict[str, Any]:
@@ -1351,10 +1367,12 @@ def overload_report(section: dict[str, Any]) -> list[str]:
         f"{section['load_cpus']}, median of {section['rounds']} rounds of {section['window']} s",
         "",
         f"Measured {section['when']}. Capacity, closed-loop with wrk and "
-        f"{section['connections']} connections, shedding off: {capacity:,.0f} req/s (rounds: "
+        f"{section['connections']} connections, shedding off: {capacity:,.0f} req/s (each: "
         + ", ".join(f"{c:,.0f}" for c in section["capacities"])
-        + "). Each round measures it again, and loads at multiples of that round's figure. "
-        "Latencies count from when each request was due, not when it could be sent.",
+        + "). It is measured again just before each configuration's loads, which are "
+        "multiples of that figure. Latencies count from when each request was due, not when "
+        "it could be sent; goodput is the 2xx answers over the time from the first request "
+        "due to the last answer.",
         "",
         "| shedding | load | served p50 ms | served p99 ms | goodput / capacity | 503 share "
         "| failed (no answer in 10 s) | SQL statements not for a served request "

@@ -10,10 +10,11 @@ due, so a request that could not even be sent on time is seen as late.
 
 The generator must keep its own schedule to measure anything: each connection is an asyncio
 protocol (no task or stream per request), and it reports how late it sent each request
-(`late_ms`), its own delay, which is in every latency it reports. Prints one JSON object: the answers by
-status, the percentiles of the latencies of the 2xx and of the 503 answers and of the
-lateness (milliseconds), the requests that failed (no answer within TIMEOUT, or a
-connection error), and the connections opened.
+(`late_ms`), its own delay, which is in every latency it reports. Prints one JSON object:
+the answers by status, the percentiles of the latencies of the 2xx and of the 503 answers
+and of the lateness (milliseconds), the requests that failed (no answer within TIMEOUT, or
+a connection error), the connections opened, and the seconds from the first request due
+to the last answer.
 """
 
 import asyncio
@@ -86,9 +87,10 @@ class Load:
         self.latencies: dict[str, list[float]] = {"2xx": [], "503": []}
         self.late: list[float] = []
         self.failed = 0
+        self.last_answer = 0.0  # when the last answer came
 
     def request(self) -> bytes:
-        path = self.path.format(n=random.randint(1, 1000))  # noqa: S311
+        path = self.path.format(n=random.randint(1, 1000))
         return f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
 
     def due(self, due: float) -> None:
@@ -118,7 +120,8 @@ class Load:
         connection.send(self.request(), due)
 
     def answered(self, connection: Connection, status: int, keep: bool) -> None:
-        latency = time.monotonic() - connection.due
+        self.last_answer = time.monotonic()
+        latency = self.last_answer - connection.due
         connection.due = 0.0
         self.statuses[status] += 1
         kind = "2xx" if 200 <= status < 300 else str(status)
@@ -189,6 +192,9 @@ async def run(url: str, path: str, rate: float, seconds: float) -> dict[str, obj
     return {
         "rate": rate,
         "seconds": elapsed,
+        # From the first request due to the last answer: answers may come long after the
+        # schedule ends, and a rate of answers is over the time they took.
+        "answering_seconds": max(load.last_answer - began, elapsed),
         "sent": sent,
         "statuses": {str(status): count for status, count in load.statuses.items()},
         "latencies_ms": {kind: percentiles(values) for kind, values in load.latencies.items()},

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +29,7 @@ from {{ cookiecutter.project_slug }}.rooms import protocol
 from {{ cookiecutter.project_slug }}.rooms.fanout import Client, Rooms
 from {{ cookiecutter.project_slug }}.settings import Settings
 
+from .gunicorn_server import gunicorn
 from .test_gunicorn_conf import resolved_config, run_config
 
 pytestmark = pytest.mark.anyio
@@ -349,6 +351,22 @@ async def test_without_redis_unreachable_publishing_is_503_and_clients_stay(
     assert live.status_code == 200
     assert problem["type"] == "error"
     assert "unavailable" in problem["detail"]
+
+
+async def test_open_websockets_do_not_count_against_the_requests_a_worker_takes_on(
+    tmp_path: Path, server_environment: dict[str, str]
+) -> None:
+    """A worker that takes one request at a time, with two WebSockets open, still takes
+    the next request on: a WebSocket lives for hours and is never counted in flight."""
+    environment = {"MAX_CONCURRENT_REQUESTS": "1", **server_environment}
+    with gunicorn(tmp_path, environment, workers=1) as running:
+        address = f"127.0.0.1:{running.port}"
+        async with joined(address, "lobby"), joined(address, "lobby") as listening:
+            published = await publish(address, "lobby", "still taken on")
+            heard = await receive(listening)
+
+    assert published.status_code == 202
+    assert heard["text"] == "still taken on"
 
 
 @pytest.fixture

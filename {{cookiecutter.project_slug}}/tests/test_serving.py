@@ -11,6 +11,7 @@ on private parts of Uvicorn, uvicorn-worker and Gunicorn (serving/__init__.py li
 a release that changes one fails these tests.
 """
 
+import asyncio
 import os
 import re
 import signal
@@ -24,10 +25,13 @@ from typing import BinaryIO
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import Request
 from starlette.types import Receive, Scope, Send
 
 from {{ cookiecutter.project_slug }}.main import create_app
 from {{ cookiecutter.project_slug }}.serving.admission import FLOOR, Admission
+from {{ cookiecutter.project_slug }}.serving.gunicorn_worker import RequestLimits, ServingProtocol
 from {{ cookiecutter.project_slug }}.settings import Settings
 
 from .gunicorn_server import (
@@ -279,6 +283,55 @@ def test_a_request_that_waited_in_the_listen_backlog_is_shed_with_a_503(
 
     assert late == (503, "1")
     assert prompt == 404
+
+
+@pytest.mark.anyio
+async def test_the_workers_protocol_sheds_a_request_before_the_app_sees_it(
+    settings: Settings,
+) -> None:
+    """Under the worker's own protocol, a request past the limit is answered by the
+    protocol: the app (here wrapped to note every request it is given) never sees it."""
+    app = create_app(
+        settings.model_copy(update={"max_concurrent_requests": 1, "max_request_wait": 0})
+    )
+    seen: list[str] = []
+
+    @app.post("/held")
+    async def held_until_its_body_comes(request: Request) -> dict[str, str]:
+        await request.body()
+        return {}
+
+    async def noting(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await app(scope, receive, send)
+
+    ServingProtocol.configure(RequestLimits(0, 0, 0, header_timeout=10, body_timeout=10))
+    server = uvicorn.Server(uvicorn.Config(noting, http=ServingProtocol, log_config=None))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 (Uvicorn's server has no event for it)
+                await asyncio.sleep(0.01)
+            port = listener.getsockname()[1]
+            _, held = await asyncio.open_connection("127.0.0.1", port)
+            held.write(b"POST /held HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{")
+            while seen != ["/held"]:  # noqa: ASYNC110 (the app notes it, no event)
+                await asyncio.sleep(0.01)
+            answers, asking = await asyncio.open_connection("127.0.0.1", port)
+            asking.write(b"GET /shed HTTP/1.1\r\nhost: a\r\n\r\n")
+            head = await answers.readuntil(b"\r\n\r\n")
+            held.close()
+            asking.close()
+    finally:
+        server.should_exit = True
+        await serving
+
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"retry-after: 1\r\n" in head.lower()
+    assert seen == ["/held"], "the shed request never reached the app"
 
 
 def test_past_its_limit_in_flight_a_real_worker_answers_503_itself_and_keeps_the_connection(

@@ -9,7 +9,8 @@ limited and timed and stamped with when they reached the worker, and the heap is
 once the app has started. Around the app, middleware.py gives every request an id, counts
 it (metrics.py: Prometheus, summed over all the workers) and logs it (logs.py: JSON lines),
 writing both once for many requests (turns.py); it also sheds load: a request
-that waited too long for the worker, or past its limit in flight.
+that waited too long for the worker, or past its limit in flight (admission.py: a limit
+that follows the event loop), which the worker's protocol answers itself where it can.
 
 Private APIs this relies on
 ---------------------------
@@ -48,6 +49,16 @@ Uvicorn's HTTP protocol: `ServingProtocol` subclasses `HttpToolsProtocol`, from
   in `on_message_begin`) is the dict the app receives: the protocol adds
   `scope["extensions"]["head_read_at"]` there, which the middleware's shedding reads.
   Breaks: tests/test_serving.py (the shedding tests: nothing is shed).
+- Shedding in the protocol: `app_state` is the lifespan's `state` (the middleware puts the
+  admission there); a shed request's `on_headers_complete` returns before Uvicorn's, so no
+  cycle or task is made, and sets `cycle` to a stand-in whose `response_complete` makes
+  `on_body` and `on_message_complete` drop the body (and whose `message_event`
+  `connection_lost` sets); then it calls
+  `on_response_complete()`, which resumes reading and arms the keep-alive timer. It reads
+  `expect_100_continue`, `parser.should_keep_alive()`, `parser.get_method()` and
+  `pipeline` (pipelined requests not started yet, counted out in `connection_lost`).
+  Breaks:
+  tests/test_serving.py::test_past_its_limit_in_flight_a_real_worker_answers_503_itself_and_keeps_the_connection.
 - The protocol's state: `cycle` (a `RequestResponseCycle`: `keep_alive`,
   `response_complete`, `waiting_for_100_continue`), `parser.should_upgrade()`, `url`,
   `headers`, `flow.read_paused`, `transport`, `loop`; and its constructor's keywords

@@ -123,11 +123,13 @@ class Refused(Exception):
 
 class _Shed:
     """Stands for the request-response cycle of a request the protocol answered 503 itself:
-    already complete, so Uvicorn's parser callbacks drop its body."""
+    already complete, so Uvicorn's parser callbacks drop its body. Uvicorn sets its event
+    when the connection is lost (nothing waits on it)."""
 
     response_complete = True
     waiting_for_100_continue = False
     keep_alive = True
+    message_event = asyncio.Event()
 
 
 SHED = _Shed()
@@ -218,7 +220,9 @@ class ServingProtocol(HttpToolsProtocol):
         extensions: dict[str, object] = {"head_read_at": read_at}
         self.scope["extensions"] = extensions  # type: ignore[typeddict-item]
         admission: Admission | None = self.app_state.get(ADMISSION)
-        if admission is not None and not self.url.startswith(NEVER_SHED_RAW):
+        # A WebSocket is not counted in flight (it never reaches the middleware's count).
+        upgrade = self.parser.should_upgrade()
+        if admission is not None and not upgrade and not self.url.startswith(NEVER_SHED_RAW):
             if admission.admit():
                 extensions["admitted"] = True  # the middleware counts it out when answered
             elif self.may_answer_now():
@@ -239,7 +243,6 @@ class ServingProtocol(HttpToolsProtocol):
             (self.cycle is None or self.cycle.response_complete)
             and self.parser.should_keep_alive()
             and not self.expect_100_continue
-            and not self.parser.should_upgrade()
         )
 
     def shed(self, admission: Admission) -> None:

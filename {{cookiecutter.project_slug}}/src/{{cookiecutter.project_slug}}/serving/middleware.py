@@ -113,10 +113,10 @@ class RequestObserver:
     def _admitted(self, scope: Scope) -> bool | None:
         """True: taken on, and counted in flight (by the worker's protocol, or here under
         another server); False: to be shed; None: never shed, not counted."""
+        if scope.get("extensions", {}).get("admitted"):  # counted: to be counted out
+            return True
         if scope["path"].startswith(NEVER_SHED):
             return None
-        if scope.get("extensions", {}).get("admitted"):
-            return True
         return self.admission.admit()
 
     def _too_late(self, scope: Scope) -> bool:
