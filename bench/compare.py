@@ -643,12 +643,15 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
                 )
                 with serving(servers[name], "/health/live", pinned(server_cpus), log) as (
                     url,
-                    _,
+                    master,
                     _,
                 ):
+                    tree = [master, *descendants(master)]
                     for times in OVERLOADS:
                         read_probe(url, reset=True)
+                        cpu_before = cpu_seconds(tree)
                         result = open_loop(url, times * capacity, load_cpus)
+                        cpu = cpu_seconds(tree) - cpu_before
                         probe = read_probe(url)
                         served = sum(
                             count
@@ -665,11 +668,14 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
                             "served": served,
                             "shed": shed,
                             "failed": result["failed"],
-                            "goodput": served / result["answering_seconds"],
+                            "goodput": served / result["serving_seconds"],
                             "p50_ms": result["latencies_ms"]["2xx"].get("p50", 0.0),
                             "p99_ms": result["latencies_ms"]["2xx"].get("p99", 0.0),
                             "shed_p99_ms": result["latencies_ms"]["503"].get("p99", 0.0),
                             "late_p99_ms": result["late_ms"].get("p99", 0.0),
+                            # The worker's CPU over the run, shed requests' included.
+                            "cpu_ms_per_served": cpu * 1000 / max(served, 1),
+                            "cpu_share": cpu / result["serving_seconds"],
                             "statements": probe["statements"],
                         }
                         runs.append(run)
@@ -1372,12 +1378,13 @@ def overload_report(section: dict[str, Any]) -> list[str]:
         + "). It is measured again just before each configuration's loads, which are "
         "multiples of that figure. Latencies count from when each request was due, not when "
         "it could be sent; goodput is the 2xx answers over the time from the first request "
-        "due to the last answer.",
+        "due to the last 2xx answer.",
         "",
         "| shedding | load | served p50 ms | served p99 ms | goodput / capacity | 503 share "
+        "| 503 p99 ms "
         "| failed (no answer in 10 s) | SQL statements not for a served request "
-        "| load generator late, p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| worker CPU busy | worker CPU ms per served request | load generator late, p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in section["names"]:
         for times in OVERLOADS:
@@ -1389,7 +1396,10 @@ def overload_report(section: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {name} | {times:g}x | {median(name, times, 'p50_ms'):,.1f} | "
                 f"{median(name, times, 'p99_ms'):,.1f} | {goodput:.2f} | {shed / sent:.0%} | "
+                f"{median(name, times, 'shed_p99_ms'):,.1f} | "
                 f"{sum(r['failed'] for r in chosen):,} | {unserved:,} | "
+                f"{median(name, times, 'cpu_share'):.0%} | "
+                f"{median(name, times, 'cpu_ms_per_served'):.2f} | "
                 f"{median(name, times, 'late_p99_ms'):,.1f} |"
             )
     on = section["names"][1]

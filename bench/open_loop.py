@@ -14,7 +14,7 @@ protocol (no task or stream per request), and it reports how late it sent each r
 the answers by status, the percentiles of the latencies of the 2xx and of the 503 answers
 and of the lateness (milliseconds), the requests that failed (no answer within TIMEOUT, or
 a connection error), the connections opened, and the seconds from the first request due
-to the last answer.
+to the last 2xx answer.
 """
 
 import asyncio
@@ -87,7 +87,7 @@ class Load:
         self.latencies: dict[str, list[float]] = {"2xx": [], "503": []}
         self.late: list[float] = []
         self.failed = 0
-        self.last_answer = 0.0  # when the last answer came
+        self.last_served = 0.0  # when the last 2xx answer came
 
     def request(self) -> bytes:
         path = self.path.format(n=random.randint(1, 1000))
@@ -120,11 +120,13 @@ class Load:
         connection.send(self.request(), due)
 
     def answered(self, connection: Connection, status: int, keep: bool) -> None:
-        self.last_answer = time.monotonic()
-        latency = self.last_answer - connection.due
+        now = time.monotonic()
+        latency = now - connection.due
         connection.due = 0.0
         self.statuses[status] += 1
         kind = "2xx" if 200 <= status < 300 else str(status)
+        if kind == "2xx":
+            self.last_served = now
         if kind in self.latencies:
             self.latencies[kind].append(latency)
         self.busy.discard(connection)
@@ -192,9 +194,9 @@ async def run(url: str, path: str, rate: float, seconds: float) -> dict[str, obj
     return {
         "rate": rate,
         "seconds": elapsed,
-        # From the first request due to the last answer: answers may come long after the
-        # schedule ends, and a rate of answers is over the time they took.
-        "answering_seconds": max(load.last_answer - began, elapsed),
+        # From the first request due to the last 2xx answer: answers may come long after
+        # the schedule ends, and a rate of them is over the time they took.
+        "serving_seconds": max(load.last_served - began, elapsed),
         "sent": sent,
         "statuses": {str(status): count for status, count in load.statuses.items()},
         "latencies_ms": {kind: percentiles(values) for kind, values in load.latencies.items()},

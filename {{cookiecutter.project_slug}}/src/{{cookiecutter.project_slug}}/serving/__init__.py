@@ -52,13 +52,12 @@ Uvicorn's HTTP protocol: `ServingProtocol` subclasses `HttpToolsProtocol`, from
 - Shedding in the protocol: `app_state` is the lifespan's `state` (the middleware puts the
   admission there); a shed request's `on_headers_complete` returns before Uvicorn's, so no
   cycle or task is made, and sets `cycle` to a stand-in whose `response_complete` makes
-  `on_body` and `on_message_complete` drop the body (and whose `message_event`
-  `connection_lost` sets); then it calls
-  `on_response_complete()`, which resumes reading and arms the keep-alive timer. It reads
-  `expect_100_continue`, `parser.should_keep_alive()`, `parser.get_method()` and
-  `pipeline` (pipelined requests not started yet, counted out in `connection_lost`).
-  Breaks:
-  tests/test_serving.py::test_past_its_limit_in_flight_a_real_worker_answers_503_itself_and_keeps_the_connection.
+  `on_body` and `on_message_complete` drop the body (and whose `message_event` is set by
+  `connection_lost`); then it calls `on_response_complete()`, which resumes reading and
+  arms the keep-alive timer. It reads `expect_100_continue`, `parser.should_keep_alive()`,
+  `parser.get_method()` and `pipeline` (pipelined requests not started yet, counted out in
+  `connection_lost`). Breaks: tests/test_serving.py (the shedding tests: the app sees a
+  request past the limit, or a shed connection fails).
 - The protocol's state: `cycle` (a `RequestResponseCycle`: `keep_alive`,
   `response_complete`, `waiting_for_100_continue`), `parser.should_upgrade()`, `url`,
   `headers`, `flow.read_paused`, `transport`, `loop`; and its constructor's keywords

@@ -12,8 +12,8 @@ moment (a collection, a CPU taken away: then the requests after the stall are pr
 the limit falls to what the worker took on in that interval scaled to `hold` seconds: by
 Little's law, the requests it can hold and still answer each within about that time.
 After an interval that was not saturated, it grows by a tenth (and one), back towards
-`most`. So under a steady overload a request taken on is answered about as fast as on
-an unloaded worker, and every other one gets its 503 at once.
+`most`. So under a steady overload a request taken on is answered in tens of
+milliseconds rather than seconds, and every other one gets its 503 at once.
 
 Deciding on requests in flight, rather than on each request's wait alone, bounds the work
 already taken on, which a wait seen as a request starts cannot: requests queued inside
