@@ -675,7 +675,6 @@ def overload_section(args: argparse.Namespace) -> dict[str, object]:
                             "late_p99_ms": result["late_ms"].get("p99", 0.0),
                             # The worker's CPU over the run, shed requests' included.
                             "cpu_ms_per_served": cpu * 1000 / max(served, 1),
-                            "cpu_share": cpu / result["serving_seconds"],
                             "statements": probe["statements"],
                         }
                         runs.append(run)
@@ -1383,8 +1382,8 @@ def overload_report(section: dict[str, Any]) -> list[str]:
         "| shedding | load | served p50 ms | served p99 ms | goodput / capacity | 503 share "
         "| 503 p99 ms "
         "| failed (no answer in 10 s) | SQL statements not for a served request "
-        "| worker CPU busy | worker CPU ms per served request | load generator late, p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| worker CPU ms per served request | load generator late, p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in section["names"]:
         for times in OVERLOADS:
@@ -1398,7 +1397,6 @@ def overload_report(section: dict[str, Any]) -> list[str]:
                 f"{median(name, times, 'p99_ms'):,.1f} | {goodput:.2f} | {shed / sent:.0%} | "
                 f"{median(name, times, 'shed_p99_ms'):,.1f} | "
                 f"{sum(r['failed'] for r in chosen):,} | {unserved:,} | "
-                f"{median(name, times, 'cpu_share'):.0%} | "
                 f"{median(name, times, 'cpu_ms_per_served'):.2f} | "
                 f"{median(name, times, 'late_p99_ms'):,.1f} |"
             )
