@@ -68,7 +68,7 @@ class RequestObserver:
         counted = self._admitted(scope)
         if counted is False or (counted and self._too_late(scope)):
             try:
-                request_metrics.shed(method)
+                _count_shed(method)
                 await _OVERLOADED(scope, receive, send)
             finally:
                 if counted:
