@@ -128,7 +128,6 @@ class _Shed:
 
     response_complete = True
     waiting_for_100_continue = False
-    keep_alive = True
     message_event = asyncio.Event()
 
 
